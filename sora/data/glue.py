@@ -1,0 +1,104 @@
+"""GLUE splits as pandas DataFrames: a local folder of TSVs (../shared/glue layout) or the hub.
+
+Layout: ``<dir>/<task>/<split>.tsv[.gz]`` with a header row and the ``nyu-mll/glue`` column names,
+read with csv quoting (never QUOTE_NONE) and ``keep_default_na=False`` so "NA" stays text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sora.data.tasks import Task
+from sora.errors import UserError
+
+HUB_DATASET = "nyu-mll/glue"
+SELECT_SEED = 42  # the released code splits dev / holds out train with seed 42, whatever the run seed
+HELDOUT_TRAIN = 1000
+
+
+def read_split(task: Task, split: str, data_dir: str | None) -> pd.DataFrame:
+    df = _read_local(task, split, data_dir) if data_dir else _read_hub(task, split)
+    return validate(df, task, split)
+
+
+def _read_local(task: Task, split: str, data_dir: str) -> pd.DataFrame:
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise UserError(f"data.dir {data_dir!r} is not a folder; point it at a GLUE folder "
+                        f"(<dir>/<task>/<split>.tsv[.gz]) or drop data.dir to load {HUB_DATASET} from the hub")
+    for name in (f"{split}.tsv.gz", f"{split}.tsv"):
+        path = root / task.name / name
+        if path.exists():
+            return pd.read_csv(path, sep="\t", keep_default_na=False, dtype=str)
+    raise UserError(f"missing split file {root / task.name / (split + '.tsv[.gz]')}; "
+                    f"add it or drop data.dir to load {HUB_DATASET} from the hub")
+
+
+def _read_hub(task: Task, split: str) -> pd.DataFrame:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(HUB_DATASET, task.name, split=split)
+    except Exception as exc:  # hub/network errors come in many types
+        raise UserError(f"cannot load {HUB_DATASET}/{task.name} split {split!r} from the hub "
+                        f"({type(exc).__name__}); offline, set data.dir=<folder of GLUE TSVs>") from None
+    return ds.to_pandas().astype({c: str for c in task.text_columns})
+
+
+def validate(df: pd.DataFrame, task: Task, split: str) -> pd.DataFrame:
+    """Columns present, labels parse and lie in range, split not empty: fail early with the fix."""
+    missing = [c for c in (*task.text_columns, "label") if c not in df.columns]
+    if missing:
+        raise UserError(f"{task.name}/{split}: missing column(s) {missing}; expected {[*task.text_columns, 'label']} "
+                        f"(nyu-mll/glue names), found {list(df.columns)}")
+    if len(df) == 0:
+        raise UserError(f"{task.name}/{split} is empty; check the file or the split name")
+    try:
+        labels = pd.to_numeric(df["label"], errors="raise")
+    except (ValueError, TypeError):
+        raise UserError(f"{task.name}/{split}: non-numeric label(s) such as {df['label'].iloc[0]!r}; "
+                        f"labels must be class ids (or STS-B scores)") from None
+    df = df.copy()
+    if task.is_regression:
+        df["label"] = labels.astype(float)
+    else:
+        bad = labels[(labels < 0) | (labels >= task.num_labels) | (labels % 1 != 0)]
+        if len(bad):
+            raise UserError(f"{task.name}/{split}: label {bad.iloc[0]!r} out of range 0..{task.num_labels - 1} "
+                            f"(row {bad.index[0]}); unlabelled test splits cannot be used")
+        df["label"] = labels.astype(int)
+    return df.reset_index(drop=True)
+
+
+def protocol_splits(task: Task, data_dir: str | None, protocol: str) -> dict[str, pd.DataFrame]:
+    """{'train', 'select', 'report/<dev split>'...} for an evaluation protocol.
+
+    * ``best_on_dev``: select and report on the full dev set(s) (how LoRA/AdaLoRA were reported).
+    * ``sora_split`` (released SoRA code): small tasks shuffle dev with seed 42, select on the first half,
+      report the second; large tasks (SST-2, QNLI, QQP) hold out 1,000 shuffled train rows to select and
+      report the full dev set.
+    """
+    if protocol not in ("best_on_dev", "sora_split"):
+        raise UserError(f"eval.protocol must be best_on_dev or sora_split, got {protocol!r}")
+    train = read_split(task, "train", data_dir)
+    devs = {s: read_split(task, s, data_dir) for s in task.dev_splits}
+    out = {"train": train}
+    if protocol == "best_on_dev":
+        out["select"] = devs[task.dev_splits[0]]
+        out.update({f"report/{s}": d for s, d in devs.items()})
+    elif task.large:
+        order = np.random.RandomState(SELECT_SEED).permutation(len(train))
+        out["select"] = train.iloc[order[:HELDOUT_TRAIN]].reset_index(drop=True)
+        out["train"] = train.iloc[order[HELDOUT_TRAIN:]].reset_index(drop=True)
+        out.update({f"report/{s}": d for s, d in devs.items()})
+    else:
+        for i, (s, d) in enumerate(devs.items()):
+            order = np.random.RandomState(SELECT_SEED).permutation(len(d))
+            half = len(d) // 2
+            if i == 0:
+                out["select"] = d.iloc[order[:half]].reset_index(drop=True)
+            out[f"report/{s}"] = d.iloc[order[half:]].reset_index(drop=True)
+    return out

@@ -1,0 +1,47 @@
+"""The nine GLUE tasks as facts: text columns, labels, metrics, and which metric selects and reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sora.errors import UserError
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    text_columns: tuple[str, ...]
+    num_labels: int  # 1 = regression (STS-B)
+    metrics: tuple[str, ...]
+    main_metric: str  # the number the papers' Table 1 reports
+    select_metric: str  # checkpoint selection as in the released SoRA code
+    dev_splits: tuple[str, ...] = ("validation",)
+    large: bool = False  # sora_split protocol: hold out 1,000 train rows to select instead of half the dev set
+    label_names: tuple[str, ...] = field(default=())
+
+    @property
+    def is_regression(self) -> bool:
+        return self.num_labels == 1
+
+
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in [
+        Task("cola", ("sentence",), 2, ("mcc", "accuracy"), "mcc", "mcc", label_names=("unacceptable", "acceptable")),
+        Task("sst2", ("sentence",), 2, ("accuracy",), "accuracy", "accuracy", large=True),
+        Task("mrpc", ("sentence1", "sentence2"), 2, ("accuracy", "f1"), "accuracy", "f1"),
+        Task("stsb", ("sentence1", "sentence2"), 1, ("pearson", "spearman"), "pearson", "pearson"),
+        Task("qqp", ("question1", "question2"), 2, ("accuracy", "f1"), "accuracy", "accuracy", large=True),
+        Task("mnli", ("premise", "hypothesis"), 3, ("accuracy",), "accuracy", "accuracy",
+             dev_splits=("validation_matched", "validation_mismatched")),
+        Task("qnli", ("question", "sentence"), 2, ("accuracy",), "accuracy", "accuracy", large=True),
+        Task("rte", ("sentence1", "sentence2"), 2, ("accuracy",), "accuracy", "accuracy"),
+        Task("wnli", ("sentence1", "sentence2"), 2, ("accuracy",), "accuracy", "accuracy"),
+    ]
+}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise UserError(f"unknown task {name!r}; valid: {', '.join(TASKS)}")
+    return TASKS[name]

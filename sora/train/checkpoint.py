@@ -1,0 +1,58 @@
+"""Resume state: exactly what an interrupted run needs to continue bit-for-bit, and nothing more.
+
+Trainable weights (the frozen backbone is rebuilt from its source), optimizer and scheduler state, the
+method's own state (AdaLoRA's importance scores), the RNGs, and the loop's bookkeeping. The data order
+is a pure function of (seed, epoch), so the step number fixes where in the epoch to continue.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sora.errors import UserError
+
+
+def save_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, method, state: dict, rid: str, elapsed: float) -> None:
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "run_id": rid,
+        "weights": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "method": method.extra_state(),
+        "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "state": {**state, "elapsed": elapsed},
+    }
+    tmp = ckpt_dir / "state.pt.tmp"
+    torch.save(payload, tmp)
+    os.replace(tmp, ckpt_dir / "state.pt")
+
+
+def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, method, rid: str) -> dict:
+    path = ckpt_dir / "state.pt"
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a torn or foreign file
+        raise UserError(f"checkpoint {path} is unreadable ({type(exc).__name__}); delete it to restart the run") from None
+    if payload.get("run_id") != rid:
+        raise UserError(f"checkpoint {path} belongs to run {payload.get('run_id')!r}, not {rid!r}; delete it")
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, w in payload["weights"].items():
+            named[n].copy_(w.to(named[n].device))
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    method.load_extra_state(payload["method"])
+    rng = payload["rng"]
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return payload["state"]

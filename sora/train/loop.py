@@ -1,0 +1,355 @@
+"""One GLUE run, start to finish: data -> model -> the step loop -> best checkpoint -> record + adapter.
+
+The step order, readable in one place (nanoGPT style):
+    forward (+ the method's extra loss) -> backward -> clip the global grad norm -> optimizer.step()
+    -> method.after_optimizer_step (SoRA prox / AdaLoRA budget) -> scheduler.step() -> zero_grad()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import platform
+import random
+import resource
+import shutil
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from sora.data.batching import collate, encode, train_batches
+from sora.data.glue import protocol_splits
+from sora.data.tasks import get_task
+from sora.errors import UserError
+from sora.models import load_model, load_tokenizer
+from sora.records import CorruptRecord, RunLock, read_record, run_id, write_record
+from sora.train.checkpoint import load_checkpoint, save_checkpoint
+from sora.train.evaluate import evaluate
+from sora.train.optim import build_optimizer, linear_schedule, warmup_steps
+from sora.tuners.methods import build_method, count_params
+
+log = logging.getLogger("sora")
+PACKAGES = ("torch", "transformers", "peft", "hydra-core", "datasets", "scikit-learn", "scipy", "numpy")
+
+
+class NonFiniteLoss(Exception):
+    pass
+
+
+def validate_config(cfg) -> None:
+    t = cfg.train
+    if not t.lr > 0:
+        raise UserError(f"train.lr must be > 0, got {t.lr}; e.g. train.lr=8e-4")
+    if not (isinstance(t.batch_size, int) and t.batch_size > 0):
+        raise UserError(f"train.batch_size must be a positive integer, got {t.batch_size!r}; e.g. train.batch_size=32")
+    if not (t.max_steps == -1 or (isinstance(t.max_steps, int) and t.max_steps > 0)):
+        raise UserError(f"train.max_steps must be -1 (use epochs) or a positive integer, got {t.max_steps!r}")
+    if t.epochs <= 0 and t.max_steps == -1:
+        raise UserError(f"train.epochs must be > 0, got {t.epochs}")
+
+
+def train(cfg) -> dict | None:
+    """Run (or resume, or skip) the run this config names; return its record (None if another process has it)."""
+    validate_config(cfg)
+    task = get_task(cfg.task.name)
+    rid = run_id(cfg)
+    run_dir = Path(cfg.results_dir) / "records" / rid
+    _check_writable(Path(cfg.results_dir))
+    with RunLock(run_dir) as lock:
+        if not lock.acquired:
+            print(f"[sora] {rid}: another process is running this config; skipping")
+            return None
+        record_path = run_dir / "record.json"
+        if record_path.exists():
+            try:
+                existing = read_record(record_path)
+            except CorruptRecord as exc:
+                raise UserError(f"existing record is corrupt: {exc}; move it away to re-run this config") from None
+            if existing.get("status") == "finished":
+                print(f"[sora] {rid}: finished record exists at {record_path}; not overwriting")
+                return existing
+        handler = _log_to(run_dir / "log.txt", quiet=not cfg.progress)
+        try:
+            return _run(cfg, task, rid, run_dir, record_path)
+        finally:
+            logging.getLogger("sora").removeHandler(handler)
+            handler.close()
+
+
+def _run(cfg, task, rid: str, run_dir: Path, record_path: Path) -> dict:
+    t0 = time.time()
+    device = _device(cfg.device)
+    _seed_everything(cfg.seed)
+    if device.type == "cuda" and cfg.train.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    autocast = _autocast(cfg.train.precision, device)
+    log.info("run %s on %s, precision %s", rid, device, cfg.train.precision)
+
+    tokenizer = load_tokenizer(cfg.model)
+    splits = protocol_splits(task, cfg.data.dir, cfg.eval.protocol)
+    data = {name: encode(df, task, tokenizer, cfg.data.max_len) for name, df in splits.items()}
+    pad_id = tokenizer.pad_token_id
+    pad_to = cfg.data.max_len if cfg.data.pad_to_max_len else None
+    train_set = data["train"]
+    steps_per_epoch = math.ceil(len(train_set) / cfg.train.batch_size)
+    total_steps = cfg.train.max_steps if cfg.train.max_steps > 0 else int(steps_per_epoch * cfg.train.epochs)
+    eval_every = cfg.train.eval_steps if cfg.train.eval_steps > 0 else steps_per_epoch
+    eval_every = min(eval_every, total_steps)
+
+    base = load_model(cfg.model, task.num_labels, cfg.seed)
+    _set_head_dropout(base, cfg.train.get("cls_dropout"))
+    method = build_method(base, cfg.method, total_steps)
+    model = method.model.to(device)
+    optimizer = build_optimizer(method.param_groups(cfg.train.lr, cfg.train.weight_decay, cfg.train.adam_eps),
+                                cfg.train.adam_betas, device)
+    n_warmup = warmup_steps(cfg.train.warmup, total_steps)
+    scheduler = linear_schedule(optimizer, n_warmup, total_steps)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    hidden = model.base_model.model.config.hidden_size
+
+    state = {"step": 0, "evals": [], "best": None, "best_weights": None, "elapsed": 0.0}
+    ckpt_dir = run_dir / "checkpoint"
+    if (ckpt_dir / "state.pt").exists():
+        state = load_checkpoint(ckpt_dir, model, optimizer, scheduler, method, rid)
+        log.info("resumed %s at step %d", rid, state["step"])
+
+    select_key = task.select_metric
+    step = state["step"]
+    progress = _progress(total_steps, step, enabled=cfg.progress, desc=rid)
+    running_loss, running_n = torch.zeros((), device=device), 0
+    try:
+        while step < total_steps:
+            epoch, offset = divmod(step, steps_per_epoch)
+            batches = train_batches(len(train_set), train_set.lengths, cfg.train.batch_size, cfg.seed, epoch,
+                                    cfg.data.group_by_length)
+            for idx in batches[offset:]:
+                model.train()
+                batch = collate([train_set.features[i] for i in idx], train_set.labels[idx], pad_id, pad_to)
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                with autocast():
+                    loss = model(**batch).loss
+                    extra = method.extra_loss()
+                    if extra is not None:
+                        loss = loss + extra
+                loss.backward()
+                if cfg.train.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(trainable, cfg.train.max_grad_norm)
+                optimizer.step()
+                method.after_optimizer_step(step, optimizer)
+                lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                running_loss += loss.detach().float()
+                running_n += 1
+
+                if step % cfg.train.log_steps == 0 or step == total_steps:
+                    mean_loss = (running_loss / running_n).item()  # the only host sync between evaluations
+                    if not math.isfinite(mean_loss):
+                        raise NonFiniteLoss(f"non-finite loss at step {step - running_n + 1}..{step}")
+                    progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lrs.get('adapter', 0):.2e}")
+                    state["last_loss"] = mean_loss
+                    running_loss.zero_()
+                    running_n = 0
+                progress.update(1)
+
+                if step % eval_every == 0 or step == total_steps:
+                    point = _evaluate_all(cfg, task, model, data, pad_id, pad_to, device, autocast)
+                    ranks = method.ranks()
+                    point.update(step=step, epoch=step / steps_per_epoch, lr=lrs, loss=state.get("last_loss"),
+                                 total_rank=sum(ranks.values()),
+                                 nonzero_params=count_params(method, hidden)["retained"])
+                    state["evals"].append(point)
+                    _append_jsonl(run_dir / "metrics.jsonl", point)
+                    value = point["select"][select_key]
+                    best = state["best"]
+                    if best is None or _better(value, best["select"][select_key]):
+                        state["best"] = point
+                        state["best_weights"] = {n: p.detach().cpu().clone()
+                                                 for n, p in model.named_parameters() if p.requires_grad}
+                        state["best_ranks"] = ranks
+                    log.info("step %d: select %s=%.4f report %s ranks %d", step, select_key,
+                             float("nan") if value is None else value, point["report"], point["total_rank"])
+                if cfg.train.save_steps > 0 and step % cfg.train.save_steps == 0 and step < total_steps:
+                    state["step"] = step
+                    save_checkpoint(ckpt_dir, model, optimizer, scheduler, method, state, rid,
+                                    elapsed=state["elapsed"] + time.time() - t0)
+                if step >= total_steps:
+                    break
+    except NonFiniteLoss as exc:
+        progress.close()
+        record = _record(cfg, task, rid, state, None, None, time.time() - t0, status="failed", error=str(exc))
+        write_record(record_path, record)
+        raise UserError(f"{exc}; the record is marked failed at {record_path}; lower train.lr or use "
+                        f"train.precision=fp32") from None
+    progress.close()
+
+    # the reported model is the best checkpoint: load it, export it, count it
+    if state["best_weights"] is not None:
+        named = dict(model.named_parameters())
+        with torch.no_grad():
+            for n, w in state["best_weights"].items():
+                named[n].copy_(w.to(device))
+    ranks = method.ranks()
+    params = count_params(method, hidden)
+    adapter_dir = run_dir / "adapter"
+    if adapter_dir.exists():
+        shutil.rmtree(adapter_dir)
+    method.export(adapter_dir, cfg.model.source)
+    elapsed = state["elapsed"] + time.time() - t0
+    record = _record(cfg, task, rid, state, ranks, params, elapsed, status="finished",
+                     schedule=getattr(method, "schedule", None), total_steps=total_steps, n_warmup=n_warmup)
+    write_record(record_path, record)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: only the record and adapter are kept
+    log.info("finished %s: best %s", rid, record["best"]["metrics"])
+    return record
+
+
+def _evaluate_all(cfg, task, model, data, pad_id, pad_to, device, autocast) -> dict:
+    kw = dict(batch_size=cfg.eval.batch_size, pad_id=pad_id, device=device, autocast=autocast,
+              sort_by_length=cfg.data.sort_eval_by_length, pad_to=pad_to)
+    select = evaluate(model, data["select"], task, **kw)
+    report = {name.split("/", 1)[1]: evaluate(model, d, task, **kw) for name, d in data.items()
+              if name.startswith("report/")}
+    return {"select": select, "report": report}
+
+
+def _better(value, best) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    return best is None or (isinstance(best, float) and math.isnan(best)) or value > best
+
+
+def _record(cfg, task, rid, state, ranks, params, elapsed, status, error=None, **extra) -> dict:
+    best = state.get("best")
+    report_split = task.dev_splits[0]
+    return {
+        "run_id": rid,
+        "status": status,
+        "error": error,
+        "task": task.name,
+        "method": cfg.method.name,
+        "model": cfg.model.name,
+        "seed": cfg.seed,
+        "variant": cfg.method.get("variant"),
+        "protocol": cfg.eval.protocol,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "versions": _versions(),
+        "git": _git(),
+        "evals": state["evals"],
+        "best": None if best is None else {
+            "step": best["step"],
+            "rule": f"max {task.select_metric} on the selection split ({cfg.eval.protocol}); "
+                    f"metrics are the report split(s) at that step",
+            "select": best["select"],
+            "metrics": best["report"],
+            "main_metric": task.main_metric,
+            "main": best["report"][report_split][task.main_metric],
+        },
+        "ranks": ranks,
+        "params": params,
+        "wall_time_s": elapsed,
+        "peak_memory_mb": _peak_memory_mb(),
+        **extra,
+    }
+
+
+def _set_head_dropout(model, p) -> None:
+    """The scripts' classifier dropout: DeBERTa's pooler/classifier dropouts or BERT's classifier dropout."""
+    if p is None:
+        return
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Dropout) and (name.startswith("pooler") or name in ("dropout", "classifier")):
+            module.p = float(p)
+        elif type(module).__name__ == "StableDropout" and name.startswith("pooler"):
+            module.drop_prob = float(p)
+
+
+def _check_writable(results_dir: Path) -> None:
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        with open(results_dir / ".write_test", "w"):
+            pass
+        (results_dir / ".write_test").unlink()
+    except OSError as exc:
+        raise UserError(f"results_dir {str(results_dir)!r} is not writable ({exc.strerror}); "
+                        f"set results_dir=<a folder you can write>") from None
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext
+    if precision == "bf16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    raise UserError(f"train.precision must be fp32 or bf16, got {precision!r}")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _git() -> dict:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5)
+        return {"commit": sha.stdout.strip() or None, "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def _peak_memory_mb() -> dict:
+    out = {"cpu_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def _append_jsonl(path: Path, point: dict) -> None:
+    import json
+
+    from sora.records import _clean
+
+    with open(path, "a") as f:
+        f.write(json.dumps(_clean(point)) + "\n")
+
+
+def _log_to(path: Path, quiet: bool) -> logging.Handler:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("sora")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    return handler
+
+
+def _progress(total: int, initial: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc[:40], unit="step", dynamic_ncols=True)

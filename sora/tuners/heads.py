@@ -1,0 +1,32 @@
+"""What happens to the classification head, the same for every method so comparisons are fair.
+
+DeBERTa's ``pooler.dense`` is newly initialised on load and peft's SEQ_CLS default trains only
+``classifier``, leaving a random pooler frozen (peft #2171, SoRA issue #13).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sora.errors import UserError
+
+HEAD_POLICIES = {
+    "trainable": ["classifier", "pooler"],  # default: the whole head learns
+    "classifier": ["classifier"],  # peft's SEQ_CLS default; a DeBERTa pooler stays random
+    "frozen": ["classifier"],  # the released code effectively: head at its (random) init
+}
+
+
+def head_modules_to_save(head: str) -> list[str]:
+    if head not in HEAD_POLICIES:
+        raise UserError(f"method.head must be one of {sorted(HEAD_POLICIES)}, got {head!r}")
+    return list(HEAD_POLICIES[head])
+
+
+def apply_head_policy(model: torch.nn.Module, head: str) -> None:
+    """``frozen``: keep the head in modules_to_save (so exports carry it) but train none of it."""
+    if head != "frozen":
+        return
+    for name, param in model.named_parameters():
+        if "modules_to_save" in name:
+            param.requires_grad_(False)

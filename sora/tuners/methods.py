@@ -1,0 +1,207 @@
+"""SoRA, LoRA and AdaLoRA behind one small interface, so the training loop has no method branches.
+
+LoRA and AdaLoRA are peft's own implementations, configured, never rewritten.
+"""
+
+from __future__ import annotations
+
+import torch
+from peft import AdaLoraConfig, LoraConfig, TaskType, get_peft_model
+from peft.tuners.lora.layer import LoraLayer
+
+from sora.errors import UserError
+from sora.tuners.heads import apply_head_policy, head_modules_to_save
+from sora.tuners.sora.config import SoraConfig
+from sora.tuners.sora.export import export_pruned_adapter
+from sora.tuners.sora.layer import soft_threshold_
+from sora.tuners.sora.model import gate_l1, gate_parameters, get_sora_model, lora_linears, sora_ranks
+from sora.tuners.targets import target_regex
+
+
+class Method:
+    """Wraps a peft model; the loop calls these hooks in its fixed step order."""
+
+    name = "base"
+
+    def __init__(self, model):
+        self.model = model
+
+    def param_groups(self, lr: float, weight_decay: float, eps: float) -> list[dict]:
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (decay if p.ndim >= 2 else no_decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay, "lr": lr, "eps": eps, "name": "adapter"},
+                {"params": no_decay, "weight_decay": 0.0, "lr": lr, "eps": eps, "name": "adapter_no_decay"}]
+
+    def extra_loss(self) -> torch.Tensor | None:
+        return None
+
+    def after_optimizer_step(self, step: int, optimizer) -> None:
+        """Runs after optimizer.step(), before the scheduler steps and before grads are zeroed."""
+
+    def ranks(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def export(self, out_dir, base_model_name_or_path: str | None) -> None:
+        self.model.save_pretrained(str(out_dir))
+        cfg_path = f"{out_dir}/adapter_config.json"
+        if base_model_name_or_path:  # record the real backbone, not a temp path
+            import json
+
+            with open(cfg_path) as f:
+                data = json.load(f)
+            data["base_model_name_or_path"] = base_model_name_or_path
+            with open(cfg_path, "w") as f:
+                json.dump(data, f, indent=2)
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+
+class SoraMethod(Method):
+    name = "sora"
+
+    def __init__(self, base_model, cfg, total_steps: int):
+        self.config = SoraConfig(r_max=cfg.r_max, lora_alpha=cfg.lora_alpha, xi=cfg.xi, variant=cfg.variant,
+                                 gate_init=cfg.get("gate_init"), l1_coef=cfg.get("l1_coef") or 0.0,
+                                 gate_lr=cfg.get("gate_lr"))
+        super().__init__(get_sora_model(base_model, self.config, targets=cfg.targets, head=cfg.head,
+                                        lora_dropout=cfg.lora_dropout))
+        self.gates = gate_parameters(self.model)
+        self.gate_group = None
+
+    def param_groups(self, lr, weight_decay, eps):
+        gate_ids = {id(g) for g in self.gates}
+        groups = super().param_groups(lr, weight_decay, eps)
+        for g in groups:
+            g["params"] = [p for p in g["params"] if id(p) not in gate_ids]
+        # the released code gives gates their own AdamW (eps 1e-6, no decay, same schedule); AdamW is
+        # elementwise, so a param group with those settings is the same update in one optimizer
+        gate_eps = 1e-6 if self.config.variant == "code" else eps
+        groups.append({"params": self.gates, "weight_decay": 0.0, "lr": self.config.gate_lr or lr,
+                       "eps": gate_eps, "name": "gate"})
+        return groups
+
+    def extra_loss(self):
+        if self.config.l1_coef:
+            return self.config.l1_coef * gate_l1(self.gates)
+        return None
+
+    def after_optimizer_step(self, step, optimizer):
+        if self.gate_group is None:
+            self.gate_group = next(g for g in optimizer.param_groups if g.get("name") == "gate")
+        # the lr this step used: the scheduler has not stepped yet
+        soft_threshold_(self.gates, self.config.threshold(self.gate_group["lr"]))
+
+    def ranks(self):
+        return sora_ranks(self.model)
+
+    def export(self, out_dir, base_model_name_or_path):
+        export_pruned_adapter(self.model, out_dir, base_model_name_or_path)
+
+
+class LoraMethod(Method):
+    name = "lora"
+
+    def __init__(self, base_model, cfg, total_steps: int):
+        config = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.r, lora_alpha=cfg.lora_alpha,
+                            lora_dropout=cfg.lora_dropout, target_modules=target_regex(cfg.targets),
+                            modules_to_save=head_modules_to_save(cfg.head))
+        super().__init__(get_peft_model(base_model, config))
+        apply_head_policy(self.model, cfg.head)
+        self.r = cfg.r
+
+    def ranks(self):
+        return {name: self.r for name, _ in lora_linears(self.model)}
+
+
+class AdaLoraMethod(Method):
+    name = "adalora"
+
+    def __init__(self, base_model, cfg, total_steps: int):
+        tinit, tfinal, delta_t = adalora_schedule(cfg, total_steps)
+        config = AdaLoraConfig(task_type=TaskType.SEQ_CLS, init_r=cfg.init_r, target_r=cfg.target_r,
+                               lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                               target_modules=target_regex(cfg.targets), modules_to_save=head_modules_to_save(cfg.head),
+                               tinit=tinit, tfinal=tfinal, deltaT=delta_t, beta1=cfg.beta1, beta2=cfg.beta2,
+                               orth_reg_weight=cfg.orth_reg_weight, total_step=total_steps)
+        super().__init__(get_peft_model(base_model, config))
+        apply_head_policy(self.model, cfg.head)
+        self.schedule = {"tinit": tinit, "tfinal": tfinal, "deltaT": delta_t, "total_step": total_steps}
+
+    def after_optimizer_step(self, step, optimizer):
+        # peft #1801: the HF Trainer never calls this, and then ranks stay at init_r
+        self.model.base_model.update_and_allocate(step)
+
+    @torch.no_grad()
+    def ranks(self):
+        out = {}
+        for name, module in self.model.named_modules():
+            if isinstance(module, LoraLayer) and hasattr(module, "lora_E") and "default" in module.lora_E:
+                short = name.removeprefix("base_model.model.")
+                out[short] = int(torch.count_nonzero(module.lora_E["default"]))
+        return out
+
+    def extra_state(self):
+        ra = self.model.base_model.rankallocator
+        return {"ipt": ra.ipt, "exp_avg_ipt": ra.exp_avg_ipt, "exp_avg_unc": ra.exp_avg_unc,
+                "rank_pattern": self.model.peft_config["default"].rank_pattern}
+
+    def load_extra_state(self, state):
+        ra = self.model.base_model.rankallocator
+        ra.ipt, ra.exp_avg_ipt, ra.exp_avg_unc = state["ipt"], state["exp_avg_ipt"], state["exp_avg_unc"]
+        self.model.peft_config["default"].rank_pattern = state["rank_pattern"]
+
+
+def adalora_schedule(cfg, total_steps: int) -> tuple[int, int, int]:
+    """tinit/tfinal/deltaT from the AdaLoRA scripts, rescaled by total_steps / the scripts' step count.
+
+    The scripts' values assume their batch size and epochs (``ref_steps``); when a run is shorter or longer
+    (another batch size, max_steps for smoke runs) each phase keeps its fraction of training.
+    """
+    scale = total_steps / cfg.ref_steps if cfg.get("ref_steps") else 1.0
+    tinit = int(round(cfg.tinit * scale))
+    tfinal = int(round(cfg.tfinal * scale))
+    delta_t = max(1, int(round(cfg.deltaT * scale)))
+    if tinit + tfinal >= total_steps:
+        raise UserError(f"AdaLoRA needs tinit + tfinal < total steps, got {tinit} + {tfinal} >= {total_steps}; "
+                        f"lower method.tinit/method.tfinal or train longer")
+    return tinit, tfinal, delta_t
+
+
+METHODS = {"sora": SoraMethod, "lora": LoraMethod, "adalora": AdaLoraMethod}
+
+
+def build_method(base_model, cfg, total_steps: int) -> Method:
+    if cfg.name not in METHODS:
+        raise UserError(f"unknown method {cfg.name!r}; valid: {', '.join(METHODS)}")
+    return METHODS[cfg.name](base_model, cfg, total_steps)
+
+
+def count_params(method: Method, hidden_size: int) -> dict[str, int]:
+    """trainable; retained = sum over modules of kept rank x (in + out), exactly; the released code's formula."""
+    ranks = method.ranks()
+    shapes = {n.removeprefix("base_model.model."): (m.get_base_layer().in_features, m.get_base_layer().out_features)
+              for n, m in method.model.named_modules() if isinstance(m, LoraLayer)}
+    retained = sum(r * (shapes[n][0] + shapes[n][1]) for n, r in ranks.items())
+    if method.name == "adalora":
+        retained += sum(ranks.values())  # the singular values E that stay
+    head = sum(p.numel() for n, p in method.model.named_parameters() if p.requires_grad and "modules_to_save" in n)
+    return {
+        "trainable": sum(p.numel() for p in method.model.parameters() if p.requires_grad),
+        "retained": retained,
+        "retained_repo_formula": sum(ranks.values()) * 2 * hidden_size,  # assumes hidden x hidden everywhere
+        "head": head,
+        "total_rank": sum(ranks.values()),
+        "max_rank": len(ranks) * _rank_cap(method),
+    }
+
+
+def _rank_cap(method: Method) -> int:
+    cfg = method.model.peft_config["default"]
+    return getattr(cfg, "init_r", None) or cfg.r
+

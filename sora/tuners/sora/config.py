@@ -1,0 +1,55 @@
+"""SoRA's whole public surface: one dataclass, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sora.errors import UserError
+
+VARIANTS = ("paper", "code")
+GATE_INITS = ("ones", "randn")
+
+
+@dataclass
+class SoraConfig:
+    """Gate hyperparameters on top of a peft LoRA of rank ``r_max``.
+
+    ``variant`` picks between the paper's text and the released code (TsinghuaC3I/SoRA @ c275ac2):
+
+    * ``paper`` - threshold tau = lr_t * xi, no extra loss term, gate init ``gate_init`` (ones).
+    * ``code``  - threshold tau = xi every step, loss += l1_coef * sum|g| / numel(g), gate init N(0, 1).
+    """
+
+    r_max: int = 8
+    lora_alpha: float = 16.0
+    xi: float = 1e-4
+    variant: str = "paper"
+    gate_init: str | None = None  # None = the variant's default
+    l1_coef: float = 0.0
+    gate_lr: float | None = None  # None = the main learning rate
+
+    def __post_init__(self):
+        if not isinstance(self.r_max, int) or isinstance(self.r_max, bool) or self.r_max <= 0:
+            raise UserError(f"method.r_max must be a positive integer, got {self.r_max!r}; try method.r_max=8")
+        if self.xi < 0:
+            raise UserError(f"method.xi must be >= 0, got {self.xi}; try method.xi=1e-4")
+        if self.variant not in VARIANTS:
+            raise UserError(f"method.variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.gate_init is None:
+            self.gate_init = "ones" if self.variant == "paper" else "randn"
+        if self.gate_init not in GATE_INITS:
+            raise UserError(f"method.gate_init must be one of {GATE_INITS}, got {self.gate_init!r}")
+        if self.l1_coef < 0:
+            raise UserError(f"method.l1_coef must be >= 0, got {self.l1_coef}")
+        if self.variant == "paper":
+            self.l1_coef = 0.0  # the paper has no extra loss term; the released code's l1_coef is ignored
+        if self.gate_lr is not None and self.gate_lr <= 0:
+            raise UserError(f"method.gate_lr must be > 0, got {self.gate_lr}; or leave it null for the main lr")
+
+    @property
+    def scaling(self) -> float:
+        return self.lora_alpha / self.r_max
+
+    def threshold(self, gate_lr_now: float) -> float:
+        """The proximal threshold tau for this step (a Python float: no device sync)."""
+        return gate_lr_now * self.xi if self.variant == "paper" else self.xi

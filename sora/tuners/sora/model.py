@@ -1,0 +1,78 @@
+"""Injection of SoRA into a model: a peft LoRA of rank r_max, then a gate on every LoRA linear."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft.tuners.lora.layer import Linear as LoraLinear
+
+from sora.tuners.heads import apply_head_policy, head_modules_to_save
+from sora.tuners.sora.config import SoraConfig
+from sora.tuners.sora.layer import GATE_ATTR, SoraLinearVariant
+from sora.tuners.targets import target_regex
+
+
+def get_sora_model(
+    base_model: torch.nn.Module,
+    config: SoraConfig,
+    targets: str = "all",
+    head: str = "trainable",
+    lora_dropout: float = 0.0,
+    adapter_name: str = "default",
+) -> PeftModel:
+    """Wrap ``base_model`` in a peft LoRA (rank r_max, alpha) and gate every injected linear map."""
+    lora_config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=config.r_max,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=lora_dropout,
+        target_modules=target_regex(targets),
+        modules_to_save=head_modules_to_save(head),
+    )
+    model = get_peft_model(base_model, lora_config, adapter_name=adapter_name)
+    for _, module in lora_linears(model):
+        module.lora_variant[adapter_name] = SoraLinearVariant()
+        SoraLinearVariant.init(module, adapter_name, gate_init=config.gate_init)
+    apply_head_policy(model, head)
+    return model
+
+
+def lora_linears(model: torch.nn.Module) -> Iterator[tuple[str, LoraLinear]]:
+    """(path relative to the backbone, peft LoRA Linear) for every adapted linear map."""
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLinear):
+            yield _relative_name(name), module
+
+
+def _relative_name(name: str) -> str:
+    prefix = "base_model.model."
+    return name[len(prefix):] if name.startswith(prefix) else name
+
+
+def gated_modules(model: torch.nn.Module, adapter_name: str = "default") -> Iterator[tuple[str, LoraLinear]]:
+    for name, module in lora_linears(model):
+        if adapter_name in getattr(module, GATE_ATTR, {}):
+            yield name, module
+
+
+def gate_parameters(model: torch.nn.Module, adapter_name: str = "default") -> list[torch.nn.Parameter]:
+    return [m.lora_gate[adapter_name].weight for _, m in gated_modules(model, adapter_name)]
+
+
+def gate_l1(gates: list[torch.Tensor]) -> torch.Tensor:
+    """sum |g| / numel over all gates: the released code's extra loss term before ``l1_coef``."""
+    total = torch.stack([g.abs().sum() for g in gates]).sum()
+    return total / sum(g.numel() for g in gates)
+
+
+@torch.no_grad()
+def sora_ranks(model: torch.nn.Module, adapter_name: str = "default") -> dict[str, int]:
+    """Non-zero gate entries per module (one host sync per call: use at evaluation time only)."""
+    names, counts = [], []
+    for name, module in gated_modules(model, adapter_name):
+        names.append(name)
+        counts.append(torch.count_nonzero(module.lora_gate[adapter_name].weight))
+    values = torch.stack(counts).tolist() if counts else []
+    return dict(zip(names, (int(v) for v in values)))
