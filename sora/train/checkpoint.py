@@ -39,7 +39,8 @@ def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, method, rid: st
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # a torn or foreign file
-        raise UserError(f"checkpoint {path} is unreadable ({type(exc).__name__}); delete it to restart the run") from None
+        why = type(exc).__name__
+        raise UserError(f"checkpoint {path} is unreadable ({why}); delete it to restart the run") from None
     if payload.get("run_id") != rid:
         raise UserError(f"checkpoint {path} belongs to run {payload.get('run_id')!r}, not {rid!r}; delete it")
     named = dict(model.named_parameters())

@@ -201,7 +201,7 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path) -> dict:
     adapter_dir = run_dir / "adapter"
     if adapter_dir.exists():
         shutil.rmtree(adapter_dir)
-    method.export(adapter_dir, cfg.model.source)
+    method.export(adapter_dir, cfg.model.get("hub_id") or cfg.model.source)
     elapsed = state["elapsed"] + time.time() - t0
     record = _record(cfg, task, rid, state, ranks, params, elapsed, status="finished",
                      schedule=getattr(method, "schedule", None), total_steps=total_steps, n_warmup=n_warmup)

@@ -28,7 +28,7 @@ class Method:
 
     def param_groups(self, lr: float, weight_decay: float, eps: float) -> list[dict]:
         decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
+        for p in self.model.parameters():
             if p.requires_grad:
                 (decay if p.ndim >= 2 else no_decay).append(p)
         return [{"params": decay, "weight_decay": weight_decay, "lr": lr, "eps": eps, "name": "adapter"},

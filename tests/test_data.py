@@ -1,0 +1,98 @@
+"""Every GLUE task's format loads; bad files fail with a message that names the fix."""
+
+import pandas as pd
+import pytest
+
+from sora.data.batching import collate, eval_batches, train_batches
+from sora.data.glue import protocol_splits, read_split, validate
+from sora.data.tasks import TASKS, get_task
+from sora.errors import UserError
+from tests.conftest import GLUE_FIXTURE
+
+SPLITS = {t: ("train", *TASKS[t].dev_splits) for t in TASKS}
+SPLITS["mnli"] = ("train", "validation_matched", "validation_mismatched")
+SPLITS["qnli"] = ("train", "validation")
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_every_task_format_loads(task):
+    t = get_task(task)
+    for split in SPLITS[task]:
+        df = read_split(t, split, str(GLUE_FIXTURE))
+        assert len(df) > 0
+        if t.is_regression:
+            assert df["label"].between(0, 5).all()
+        else:
+            assert set(df["label"]) <= set(range(t.num_labels))
+
+
+def test_quotes_and_na_survive():
+    df = read_split(get_task("qqp"), "train", str(GLUE_FIXTURE))
+    assert 'What does "NA" mean in a spreadsheet?' in df["question1"].tolist()
+
+
+def test_unknown_task_lists_valid_names():
+    with pytest.raises(UserError, match="valid: cola, sst2"):
+        get_task("colaa")
+
+
+@pytest.mark.parametrize("frame,match", [
+    (pd.DataFrame({"sentence": ["a"], "idx": [0]}), "missing column"),
+    (pd.DataFrame({"sentence": ["a", "b"], "label": ["1", "7"]}), "out of range"),
+    (pd.DataFrame({"sentence": ["a"], "label": ["-1"]}), "out of range"),
+    (pd.DataFrame({"sentence": [], "label": []}), "empty"),
+])
+def test_bad_tables(frame, match):
+    with pytest.raises(UserError, match=match):
+        validate(frame, get_task("cola"), "train")
+
+
+def test_missing_dir_and_split(tmp_path):
+    with pytest.raises(UserError, match="not a folder"):
+        read_split(get_task("cola"), "train", str(tmp_path / "nope"))
+    with pytest.raises(UserError, match="missing split file"):
+        read_split(get_task("rte"), "train", str(tmp_path))
+
+
+def test_sora_split_protocol_halves_dev_with_seed_42():
+    s = protocol_splits(get_task("mrpc"), str(GLUE_FIXTURE), "sora_split")
+    assert len(s["select"]) == 60 and len(s["report/validation"]) == 60
+    assert not set(s["select"]["idx"]) & set(s["report/validation"]["idx"])
+    again = protocol_splits(get_task("mrpc"), str(GLUE_FIXTURE), "sora_split")
+    assert s["select"]["idx"].tolist() == again["select"]["idx"].tolist()
+    dev = protocol_splits(get_task("mrpc"), str(GLUE_FIXTURE), "best_on_dev")
+    assert len(dev["select"]) == 120
+
+
+def test_large_task_holds_out_train_rows():
+    s = protocol_splits(get_task("sst2"), str(GLUE_FIXTURE), "sora_split")
+    # the fixture has 240 train rows, fewer than 1,000: all go to selection, none left to train on
+    assert len(s["select"]) == 240 and len(s["report/validation"]) == 120
+
+
+def test_length_grouped_batches_cover_every_row_once_and_are_deterministic():
+    import numpy as np
+
+    lengths = np.random.default_rng(0).integers(5, 60, size=103)
+    batches = train_batches(103, lengths, 8, seed=1, epoch=2)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(103))
+    again = train_batches(103, lengths, 8, seed=1, epoch=2)
+    assert all((a == b).all() for a, b in zip(batches, again))
+    other = train_batches(103, lengths, 8, seed=1, epoch=3)
+    assert any(len(a) != len(b) or (a != b).any() for a, b in zip(batches, other))
+    # grouped batches waste less padding than random ones
+    def waste(bs):
+        return sum(int(lengths[b].max()) * len(b) - int(lengths[b].sum()) for b in bs)
+    assert waste(batches) < waste(train_batches(103, lengths, 8, 1, 2, group_by_length=False))
+    sorted_batches = eval_batches(lengths, 16)
+    assert sorted(np.concatenate(sorted_batches).tolist()) == list(range(103))
+
+
+def test_collate_pads_dynamically():
+    import numpy as np
+
+    feats = [{"input_ids": [1, 5, 2]}, {"input_ids": [1, 6, 7, 8, 2]}]
+    b = collate(feats, np.array([0, 1]), pad_id=0)
+    assert b["input_ids"].tolist() == [[1, 5, 2, 0, 0], [1, 6, 7, 8, 2]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    assert collate(feats, np.array([0, 1]), pad_id=0, pad_to=8)["input_ids"].shape == (2, 8)
