@@ -16,6 +16,7 @@ import resource
 import shutil
 import subprocess
 import time
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -84,6 +85,7 @@ def train(cfg) -> dict | None:
 
 def _run(cfg, task, rid: str, run_dir: Path, record_path: Path) -> dict:
     t0 = time.time()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     device = _device(cfg.device)
     _seed_everything(cfg.seed)
     if device.type == "cuda" and cfg.train.tf32:

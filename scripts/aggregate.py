@@ -1,0 +1,40 @@
+"""Render every record under --results into tables (Markdown, CSV, LaTeX) and rank plots (PNG + PDF)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sora.results import load_records, plot_rank_heatmaps, plot_rank_over_training  # noqa: E402
+from sora.results.tables import write_tables  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--results", default="results", help="folder holding records/ (searched recursively)")
+    ap.add_argument("--out", default=None, help="where tables/ and plots/ go (default: --results)")
+    ap.add_argument("--tasks", nargs="*", default=None)
+    ap.add_argument("--seeds", nargs="*", type=int, default=None, help="expected seeds (flag missing ones)")
+    args = ap.parse_args(argv)
+    records = load_records(args.results)
+    out = Path(args.out or args.results)
+    for path, why in records.problems:
+        print(f"not counted: {path}: {why}")
+    if not len(records):
+        print(f"no finished records under {args.results}")
+        return 1
+    paths = write_tables(records, out / "tables", tasks=args.tasks, expected_seeds=args.seeds)
+    tasks = args.tasks or sorted(records.frame["task"].unique())
+    for task in tasks:
+        plot_rank_heatmaps(records, task, out / "plots")
+        plot_rank_over_training(records, task, out / "plots")
+    print((out / "tables" / "table1.md").read_text())
+    print(f"{len(records)} runs; tables: {out / 'tables'}; plots: {out / 'plots'}; written: {len(paths)} tables")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
