@@ -11,8 +11,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from sora.cli import check_group_choices, run_cli  # noqa: E402
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from sora.config import CONF_DIR as CONF  # noqa: E402  (also registers ${repo_root:})
 
 
 @hydra.main(config_path=str(CONF), config_name="train", version_base=None)
