@@ -120,11 +120,15 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path) -> dict:
     if (ckpt_dir / "state.pt").exists():
         state = load_checkpoint(ckpt_dir, model, optimizer, scheduler, method, rid)
         log.info("resumed %s at step %d", rid, state["step"])
+        # evaluations after the checkpoint are replayed: drop their lines so each step appears once
+        _rewrite_jsonl(run_dir / "metrics.jsonl", state["evals"])
 
     select_key = task.select_metric
     step = state["step"]
     progress = _progress(total_steps, step, enabled=cfg.progress, desc=rid)
-    running_loss, running_n = torch.zeros((), device=device), 0
+    # the loss window since the last log line (restored on resume so logged means match an uninterrupted run)
+    running_loss = torch.tensor(state.get("running_loss", 0.0), device=device)
+    running_n = state.get("running_n", 0)
     try:
         while step < total_steps:
             epoch, offset = divmod(step, steps_per_epoch)
@@ -179,7 +183,7 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path) -> dict:
                     log.info("step %d: select %s=%.4f report %s ranks %d", step, select_key,
                              float("nan") if value is None else value, point["report"], point["total_rank"])
                 if cfg.train.save_steps > 0 and step % cfg.train.save_steps == 0 and step < total_steps:
-                    state["step"] = step
+                    state.update(step=step, running_loss=running_loss.item(), running_n=running_n)
                     save_checkpoint(ckpt_dir, model, optimizer, scheduler, method, state, rid,
                                     elapsed=state["elapsed"] + time.time() - t0)
                 if step >= total_steps:
@@ -330,6 +334,14 @@ def _peak_memory_mb() -> dict:
     if torch.cuda.is_available():
         out["cuda"] = torch.cuda.max_memory_allocated() / 2**20
     return out
+
+
+def _rewrite_jsonl(path: Path, points: list[dict]) -> None:
+    import json
+
+    from sora.records import _clean, atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(_clean(p)) + "\n" for p in points))
 
 
 def _append_jsonl(path: Path, point: dict) -> None:
