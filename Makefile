@@ -24,8 +24,8 @@ install: $(VENV)/.installed ## make .venv: CPU torch (TORCH=... for another buil
 demo: $(VENV)/.installed ## the main job: SoRA vs LoRA vs AdaLoRA on real MiniLM weights, offline, CPU, < 10 min
 	$(PY) scripts/demo.py
 
-test: $(VENV)/.installed ## the test suite (offline, CPU, a few minutes)
-	$(PY) -m pytest -q
+test: $(VENV)/.installed ## the test suite + the notebooks (offline, CPU, a few minutes)
+	SORA_RESULTS_DIR=$(CURDIR)/tests/fixtures/results MPLBACKEND=Agg $(PY) -m pytest -q --nbmake tests notebooks
 
 lint: $(VENV)/.installed ## ruff
 	$(PY) -m ruff check .
@@ -40,7 +40,10 @@ reproduce: $(VENV)/.installed ## paper settings for one task: SoRA, LoRA, AdaLoR
 	$(PY) scripts/train.py -m experiment=paper_table1 task=$(TASK) results_dir=$(RESULTS) $(if $(DATA),data.dir=$(DATA),) $(ARGS)
 	$(PY) scripts/aggregate.py --results $(RESULTS) --tasks $(TASK)
 
-tables: $(VENV)/.installed ## render tables and plots from every record under RESULTS
+tables: $(VENV)/.installed ## render tables and plots from every record under RESULTS (make tables RESULTS=results/smoke)
 	$(PY) scripts/aggregate.py --results $(RESULTS)
 
-.PHONY: help install demo test lint train smoke reproduce tables
+notebooks: $(VENV)/.installed ## open the results notebooks (RESULTS_DIR in their first cell)
+	$(VENV)/bin/jupyter lab notebooks/
+
+.PHONY: help install demo test lint train smoke reproduce tables notebooks
