@@ -8,7 +8,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sora.results import load_records, plot_rank_heatmaps, plot_rank_over_training  # noqa: E402
+from sora.results import (  # noqa: E402
+    load_records,
+    plot_rank_heatmaps,
+    plot_rank_over_training,
+    plot_sparsify_curves,
+)
 from sora.results.tables import write_tables  # noqa: E402
 
 
@@ -31,6 +36,7 @@ def main(argv=None) -> int:
     for task in tasks:
         plot_rank_heatmaps(records, task, out / "plots")
         plot_rank_over_training(records, task, out / "plots")
+        plot_sparsify_curves(records, task, out / "plots")
     print((out / "tables" / "table1.md").read_text())
     print(f"{len(records)} runs; tables: {out / 'tables'}; plots: {out / 'plots'}; written: {len(paths)} tables")
     return 0

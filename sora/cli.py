@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sora.errors import UserError
 
-GROUPS = ("task", "method", "model", "experiment", "logger", "hparams_set")
+GROUPS = ("task", "method", "model", "experiment", "logger", "hparams_set", "scheduler")
 
 
 def check_group_choices(argv: list[str], conf_dir: Path) -> None:

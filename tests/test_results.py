@@ -7,7 +7,14 @@ import sys
 import pytest
 from scipy.stats import t as student_t
 
-from sora.results import load_records, plot_rank_heatmaps, plot_rank_over_training, rank_frame
+from sora.results import (
+    curve_frame,
+    load_records,
+    plot_rank_heatmaps,
+    plot_rank_over_training,
+    plot_sparsify_curves,
+    rank_frame,
+)
 from sora.results.tables import cost_table, render_table1_markdown, significance, table1, write_tables
 from tests.conftest import FIXTURES, ROOT
 
@@ -20,7 +27,7 @@ def records():
 
 
 def test_unreadable_and_unfinished_records_are_listed_not_counted(records):
-    assert len(records) == 17
+    assert len(records) == 19  # 17 Table-1 runs + 2 sparsifying-scheduler runs
     problems = dict((p.split("/records/")[1].split("/")[0], why) for p, why in records.problems)
     assert set(problems) == {"cola-sora-deberta_v3_base-s81-corrupt0000", "mrpc-sora-deberta_v3_base-s81-failed0000"}
     assert "unreadable" in problems["cola-sora-deberta_v3_base-s81-corrupt0000"]
@@ -72,8 +79,11 @@ def test_cost_table_time_fraction(records):
 
 def test_rank_frame_and_plots(records, tmp_path):
     ranks = rank_frame(records)
-    assert len(ranks) == 17 * 72 and set(ranks["matrix"]) == {"Q", "K", "V", "AO", "I", "O"}
+    assert len(ranks) == 19 * 72 and set(ranks["matrix"]) == {"Q", "K", "V", "AO", "I", "O"}
     heat = plot_rank_heatmaps(records, "mrpc", tmp_path)
+    curves = curve_frame(records)
+    assert sorted(curves["mode"].unique()) == ["retrain", "shrink_only"] and len(curves) == 10
+    heat += plot_sparsify_curves(records, "mrpc", tmp_path)
     curve = plot_rank_over_training(records, "mrpc", tmp_path)
     for path in heat + curve:
         assert path.stat().st_size > 1000

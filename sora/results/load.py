@@ -62,7 +62,8 @@ def load_records(results_dir: str | Path) -> Records:
         raw[rec["run_id"]] = rec
         row = {"run_id": rec["run_id"], "task": rec["task"], "method": rec["method"], "label": method_label(rec),
                "paper_key": paper_key(rec), "model": rec["model"], "seed": rec["seed"], "variant": rec.get("variant"),
-               "protocol": rec.get("protocol"), "main_metric": rec["best"]["main_metric"],
+               "protocol": rec.get("protocol"), "scheduler": (rec.get("scheduler") or {}).get("mode", "none"),
+               "main_metric": rec["best"]["main_metric"],
                "main": _num(rec["best"]["main"]), "best_step": rec["best"]["step"],
                "wall_time_s": rec["wall_time_s"], **{f"params.{k}": v for k, v in (rec["params"] or {}).items()}}
         for split, metrics in rec["best"]["metrics"].items():
@@ -76,6 +77,19 @@ def load_records(results_dir: str | Path) -> Records:
 
 def _num(v):
     return np.nan if v is None else float(v)
+
+
+def curve_frame(records: Records) -> pd.DataFrame:
+    """The sparsifying scheduler's curves, long format: one row per (run, evaluation)."""
+    rows = []
+    for rid, rec in records.raw.items():
+        for p in rec.get("curve") or []:
+            rows.append({"run_id": rid, "task": rec["task"], "seed": rec["seed"], "mode": rec["scheduler"]["mode"],
+                         **{k: p.get(k) for k in ("stage", "step", "xi", "lr", "nonzero_params", "total_rank",
+                                                  "memorization", "generalization")}})
+    cols = ["run_id", "task", "seed", "mode", "stage", "step", "xi", "lr", "nonzero_params", "total_rank",
+            "memorization", "generalization"]
+    return pd.DataFrame(rows, columns=cols).astype({"memorization": float, "generalization": float})
 
 
 def rank_frame(records: Records) -> pd.DataFrame:

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sora.results.load import Records, rank_frame  # noqa: E402
+from sora.results.load import Records, curve_frame, rank_frame  # noqa: E402
 from sora.tuners.targets import MATRIX_TYPES  # noqa: E402
 
 
@@ -83,3 +83,29 @@ def plot_rank_over_training(records: Records, task: str, out_dir: str | Path):
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return _save(fig, Path(out_dir), f"rank_over_training_{task}")
+
+
+def plot_sparsify_curves(records: Records, task: str, out_dir: str | Path):
+    """Memorization (train subset) and generalization (dev), % of the dense best, vs non-zero parameters."""
+    curves = curve_frame(records)
+    curves = curves[curves.task == task]
+    if curves.empty:
+        return []
+    fig, ax = plt.subplots(figsize=(6.8, 4.4))
+    colors = {"shrink_only": "tab:blue", "retrain": "tab:orange"}
+    for (mode, seed), g in curves.groupby(["mode", "seed"]):
+        g = g.sort_values("step")
+        color = colors.get(mode, "tab:gray")
+        ax.plot(g["nonzero_params"], g["memorization"], "-o", ms=3, color=color,
+                label=f"{mode} seed {seed}: memorization (train)")
+        ax.plot(g["nonzero_params"], g["generalization"], "--s", ms=3, color=color,
+                label=f"{mode} seed {seed}: generalization (dev)")
+    ax.set_xscale("log")
+    ax.invert_xaxis()  # sparsification runs right: fewer parameters further along
+    ax.axhline(100, color="black", lw=0.6, alpha=0.5)
+    ax.set_xlabel("non-zero adapter parameters (log scale; fewer to the right)")
+    ax.set_ylabel("% of the dense best checkpoint's metric")
+    ax.set_title(f"{task}: sparsifying scheduler")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, Path(out_dir), f"sparsify_{task}")

@@ -16,11 +16,16 @@ TASK_TITLES = {"mnli": "MNLI (m/mm)", "sst2": "SST-2", "mrpc": "MRPC", "cola": "
 PAPER_CSV = Path(__file__).resolve().parents[2] / "results" / "paper" / "table1.csv"
 
 
+def _table_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """Table 1 compares ordinary runs; sparsifying-scheduler runs are a different experiment (their own plot)."""
+    return df[df["scheduler"] == "none"] if "scheduler" in df else df
+
+
 def per_run_scores(records: Records) -> pd.DataFrame:
     """One row per run: label, paper_key, task, seed, score (x100, the papers' metric), mm (MNLI mismatched)."""
-    df = records.frame.copy()
+    df = _table_runs(records.frame).copy()
     if df.empty:
-        return pd.DataFrame(columns=["label", "paper_key", "task", "seed", "score", "mm"])
+        return pd.DataFrame(columns=["label", "paper_key", "task", "seed", "score", "mm", "method"])
     df["score"] = df["main"] * 100
     mm_col = "validation_mismatched.accuracy"
     df["mm"] = df[mm_col] * 100 if mm_col in df else np.nan
@@ -90,7 +95,7 @@ def significance(records: Records, reference: str = "sora") -> pd.DataFrame:
 
 def cost_table(records: Records) -> pd.DataFrame:
     """Retained parameters and wall-clock per method and task; SoRA's time as a fraction of AdaLoRA's."""
-    df = records.frame
+    df = _table_runs(records.frame)
     if df.empty:
         return pd.DataFrame()
     agg = df.groupby(["task", "label", "method"]).agg(

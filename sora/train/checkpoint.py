@@ -34,8 +34,11 @@ def save_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, method, state: 
     os.replace(tmp, ckpt_dir / "state.pt")
 
 
-def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, method, rid: str) -> dict:
+def read_checkpoint(ckpt_dir: Path, rid: str) -> dict | None:
+    """The saved payload, or None when there is none (read first: it says which stage's optimizer to build)."""
     path = ckpt_dir / "state.pt"
+    if not path.exists():
+        return None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # a torn or foreign file
@@ -43,6 +46,10 @@ def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, method, rid: st
         raise UserError(f"checkpoint {path} is unreadable ({why}); delete it to restart the run") from None
     if payload.get("run_id") != rid:
         raise UserError(f"checkpoint {path} belongs to run {payload.get('run_id')!r}, not {rid!r}; delete it")
+    return payload
+
+
+def restore_checkpoint(payload: dict, model, optimizer, scheduler, method) -> dict:
     named = dict(model.named_parameters())
     with torch.no_grad():
         for n, w in payload["weights"].items():

@@ -25,17 +25,19 @@ import torch
 from omegaconf import OmegaConf
 
 from sora.data.batching import collate, encode, train_batches
-from sora.data.glue import protocol_splits
+from sora.data.glue import SELECT_SEED, protocol_splits
 from sora.data.tasks import get_task
 from sora.errors import UserError
 from sora.models import load_model, load_tokenizer
 from sora.records import CorruptRecord, RunLock, read_record, run_id, write_record
-from sora.train.checkpoint import load_checkpoint, save_checkpoint
+from sora.train.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
 from sora.train.evaluate import evaluate
 from sora.train.optim import build_optimizer, linear_schedule, warmup_steps
+from sora.train.sparsify import Stage, normalise_curve, stage_plan
 from sora.tuners.methods import build_method, count_params
 
 log = logging.getLogger("sora")
+MEMORIZATION_ROWS = 1000  # the fixed shuffled train subset the scheduler measures memorization on
 PACKAGES = ("torch", "transformers", "peft", "hydra-core", "datasets", "scikit-learn", "scipy", "numpy")
 
 
@@ -104,90 +106,140 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path) -> dict:
     eval_every = cfg.train.eval_steps if cfg.train.eval_steps > 0 else steps_per_epoch
     eval_every = min(eval_every, total_steps)
 
+    sched = cfg.get("scheduler")
+    plan = stage_plan(sched, total_steps, steps_per_epoch)
+    sparsify = len(plan) > 1
+    if sparsify:
+        _check_scheduler(cfg)
+        subset = splits["train"].sample(n=min(MEMORIZATION_ROWS, len(splits["train"])), random_state=SELECT_SEED)
+        data["memorization"] = encode(subset.reset_index(drop=True), task, tokenizer, cfg.data.max_len)
+
     base = load_model(cfg.model, task.num_labels, cfg.seed)
     _set_head_dropout(base, cfg.train.get("cls_dropout"))
     method = build_method(base, cfg.method, total_steps)
     model = method.model.to(device)
-    optimizer = build_optimizer(method.param_groups(cfg.train.lr, cfg.train.weight_decay, cfg.train.adam_eps),
-                                cfg.train.adam_betas, device)
-    n_warmup = warmup_steps(cfg.train.warmup, total_steps)
-    scheduler = linear_schedule(optimizer, n_warmup, total_steps)
     trainable = [p for p in model.parameters() if p.requires_grad]
     hidden = model.base_model.model.config.hidden_size
+    n_warmup = warmup_steps(cfg.train.warmup, total_steps)
 
-    state = {"step": 0, "evals": [], "best": None, "best_weights": None, "elapsed": 0.0}
+    def optimizer_for(stage: Stage):
+        """Dense phase (and every shrink_only stage): one optimizer and one schedule over the dense steps, so
+        shrink_only stages run at lr 0 exactly as released. retrain: a fresh AdamW and schedule per stage."""
+        opt = build_optimizer(method.param_groups(cfg.train.lr, cfg.train.weight_decay, cfg.train.adam_eps),
+                              cfg.train.adam_betas, device)
+        if stage.index > 0 and sched.mode == "retrain":
+            length = stage.end - stage.start
+            return opt, linear_schedule(opt, warmup_steps(cfg.train.warmup, length), length)
+        return opt, linear_schedule(opt, n_warmup, total_steps)
+
+    state = {"step": 0, "stage": 0, "evals": [], "best": None, "best_weights": None, "elapsed": 0.0, "curve_raw": []}
     ckpt_dir = run_dir / "checkpoint"
-    if (ckpt_dir / "state.pt").exists():
-        state = load_checkpoint(ckpt_dir, model, optimizer, scheduler, method, rid)
-        log.info("resumed %s at step %d", rid, state["step"])
+    payload = read_checkpoint(ckpt_dir, rid)
+    stage_now = plan[payload["state"].get("stage", 0)] if payload else plan[0]
+    optimizer, scheduler = optimizer_for(stage_now)
+    if payload:
+        state = restore_checkpoint(payload, model, optimizer, scheduler, method)
+        log.info("resumed %s at step %d (stage %d)", rid, state["step"], state.get("stage", 0))
         # evaluations after the checkpoint are replayed: drop their lines so each step appears once
         _rewrite_jsonl(run_dir / "metrics.jsonl", state["evals"])
+    if stage_now.xi is not None:
+        method.config.xi = stage_now.xi
 
     select_key = task.select_metric
+    final_step = plan[-1].end
     step = state["step"]
-    progress = _progress(total_steps, step, enabled=cfg.progress, desc=rid)
+    progress = _progress(final_step, step, enabled=cfg.progress, desc=rid)
     # the loss window since the last log line (restored on resume so logged means match an uninterrupted run)
     running_loss = torch.tensor(state.get("running_loss", 0.0), device=device)
     running_n = state.get("running_n", 0)
+
+    def evaluate_point(stage: Stage, lrs: dict) -> dict:
+        point = _evaluate_all(cfg, task, model, data, pad_id, pad_to, device, autocast)
+        ranks = method.ranks()
+        point.update(step=step, epoch=step / steps_per_epoch, stage=stage.index, lr=lrs,
+                     loss=state.get("last_loss"), total_rank=sum(ranks.values()),
+                     nonzero_params=count_params(method, hidden)["retained"])
+        if sparsify:
+            state["curve_raw"].append({
+                "stage": stage.index, "step": step, "xi": method.config.xi, "lr": lrs.get("gate", 0.0),
+                "nonzero_params": point["nonzero_params"], "total_rank": point["total_rank"], "ranks": ranks,
+                "dev": point["report"][task.dev_splits[0]][task.main_metric],
+                "train": point["memorization"][task.main_metric]})
+        return point
+
     try:
-        while step < total_steps:
-            epoch, offset = divmod(step, steps_per_epoch)
-            batches = train_batches(len(train_set), train_set.lengths, cfg.train.batch_size, cfg.seed, epoch,
-                                    cfg.data.group_by_length)
-            for idx in batches[offset:]:
-                model.train()
-                batch = collate([train_set.features[i] for i in idx], train_set.labels[idx], pad_id, pad_to)
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                with autocast():
-                    loss = model(**batch).loss
-                    extra = method.extra_loss()
-                    if extra is not None:
-                        loss = loss + extra
-                loss.backward()
-                if cfg.train.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(trainable, cfg.train.max_grad_norm)
-                optimizer.step()
-                method.after_optimizer_step(step, optimizer)
-                lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                running_loss += loss.detach().float()
-                running_n += 1
+        for stage in plan:
+            if stage.index < state["stage"] or step >= stage.end:
+                continue
+            if stage.index > state["stage"]:  # entering a stage (a resumed run may already be inside it)
+                state["stage"] = stage.index
+                method.config.xi = stage.xi
+                if stage.index == 1:  # every stage descends from the dense best checkpoint
+                    _load_weights(model, state["best_weights"], device)
+                if sched.mode == "retrain":
+                    optimizer, scheduler = optimizer_for(stage)
+                if stage.index == 1:  # the first stage starts from the references themselves: 100% / 100%
+                    start_lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
+                    evaluate_point(stage, start_lrs)
+                log.info("stage %d: xi=%g, steps %d..%d (%s)", stage.index, stage.xi, stage.start, stage.end,
+                         sched.mode)
+            stage_eval = min(eval_every, stage.end - stage.start)
+            while step < stage.end:
+                epoch, offset = divmod(step, steps_per_epoch)
+                batches = train_batches(len(train_set), train_set.lengths, cfg.train.batch_size, cfg.seed, epoch,
+                                        cfg.data.group_by_length)
+                for idx in batches[offset:]:
+                    model.train()
+                    batch = collate([train_set.features[i] for i in idx], train_set.labels[idx], pad_id, pad_to)
+                    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                    with autocast():
+                        loss = model(**batch).loss
+                        extra = method.extra_loss()
+                        if extra is not None:
+                            loss = loss + extra
+                    loss.backward()
+                    if cfg.train.max_grad_norm > 0:
+                        torch.nn.utils.clip_grad_norm_(trainable, cfg.train.max_grad_norm)
+                    optimizer.step()
+                    method.after_optimizer_step(step, optimizer)
+                    lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    running_loss += loss.detach().float()
+                    running_n += 1
 
-                if step % cfg.train.log_steps == 0 or step == total_steps:
-                    mean_loss = (running_loss / running_n).item()  # the only host sync between evaluations
-                    if not math.isfinite(mean_loss):
-                        raise NonFiniteLoss(f"non-finite loss at step {step - running_n + 1}..{step}")
-                    progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lrs.get('adapter', 0):.2e}")
-                    state["last_loss"] = mean_loss
-                    running_loss.zero_()
-                    running_n = 0
-                progress.update(1)
+                    if step % cfg.train.log_steps == 0 or step == stage.end:
+                        mean_loss = (running_loss / running_n).item()  # the only host sync between evaluations
+                        if not math.isfinite(mean_loss):
+                            raise NonFiniteLoss(f"non-finite loss at step {step - running_n + 1}..{step}")
+                        progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lrs.get('adapter', 0):.2e}")
+                        state["last_loss"] = mean_loss
+                        running_loss.zero_()
+                        running_n = 0
+                    progress.update(1)
 
-                if step % eval_every == 0 or step == total_steps:
-                    point = _evaluate_all(cfg, task, model, data, pad_id, pad_to, device, autocast)
-                    ranks = method.ranks()
-                    point.update(step=step, epoch=step / steps_per_epoch, lr=lrs, loss=state.get("last_loss"),
-                                 total_rank=sum(ranks.values()),
-                                 nonzero_params=count_params(method, hidden)["retained"])
-                    state["evals"].append(point)
-                    _append_jsonl(run_dir / "metrics.jsonl", point)
-                    value = point["select"][select_key]
-                    best = state["best"]
-                    if best is None or _better(value, best["select"][select_key]):
-                        state["best"] = point
-                        state["best_weights"] = {n: p.detach().cpu().clone()
-                                                 for n, p in model.named_parameters() if p.requires_grad}
-                        state["best_ranks"] = ranks
-                    log.info("step %d: select %s=%.4f report %s ranks %d", step, select_key,
-                             float("nan") if value is None else value, point["report"], point["total_rank"])
-                if cfg.train.save_steps > 0 and step % cfg.train.save_steps == 0 and step < total_steps:
-                    state.update(step=step, running_loss=running_loss.item(), running_n=running_n)
-                    save_checkpoint(ckpt_dir, model, optimizer, scheduler, method, state, rid,
-                                    elapsed=state["elapsed"] + time.time() - t0)
-                if step >= total_steps:
-                    break
+                    if (step - stage.start) % stage_eval == 0 or step == stage.end:
+                        point = evaluate_point(stage, lrs)
+                        state["evals"].append(point)
+                        _append_jsonl(run_dir / "metrics.jsonl", point)
+                        value = point["select"][select_key]
+                        best = state["best"]
+                        if stage.index == 0 and (best is None or _better(value, best["select"][select_key])):
+                            state["best"] = point
+                            state["best_weights"] = {n: p.detach().cpu().clone()
+                                                     for n, p in model.named_parameters() if p.requires_grad}
+                        log.info("step %d (stage %d): select %s=%.4f report %s ranks %d", step, stage.index,
+                                 select_key, float("nan") if value is None else value, point["report"],
+                                 point["total_rank"])
+                    if cfg.train.save_steps > 0 and step % cfg.train.save_steps == 0 and step < final_step:
+                        state.update(step=step, running_loss=running_loss.item(), running_n=running_n)
+                        save_checkpoint(ckpt_dir, model, optimizer, scheduler, method, state, rid,
+                                        elapsed=state["elapsed"] + time.time() - t0)
+                    if step >= stage.end:
+                        break
+            if stage.index > 0:  # the pruned adapter at the end of each stage
+                method.export(run_dir / "stages" / f"stage_{stage.index}", cfg.model.get("hub_id") or cfg.model.source)
     except NonFiniteLoss as exc:
         progress.close()
         record = _record(cfg, task, rid, state, None, None, time.time() - t0, status="failed", error=str(exc))
@@ -196,12 +248,16 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path) -> dict:
                         f"train.precision=fp32") from None
     progress.close()
 
-    # the reported model is the best checkpoint: load it, export it, count it
+    extra = {}
+    if sparsify:
+        ref = state["best"]
+        extra["curve"] = normalise_curve(state["curve_raw"], ref["report"][task.dev_splits[0]][task.main_metric],
+                                         ref["memorization"][task.main_metric])
+        extra["scheduler"] = {"mode": sched.mode, "xis": [s.xi for s in plan],
+                              "stage_steps": [s.end - s.start for s in plan]}
+    # the reported model is the (dense) best checkpoint: load it, export it, count it
     if state["best_weights"] is not None:
-        named = dict(model.named_parameters())
-        with torch.no_grad():
-            for n, w in state["best_weights"].items():
-                named[n].copy_(w.to(device))
+        _load_weights(model, state["best_weights"], device)
     ranks = method.ranks()
     params = count_params(method, hidden)
     adapter_dir = run_dir / "adapter"
@@ -210,7 +266,7 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path) -> dict:
     method.export(adapter_dir, cfg.model.get("hub_id") or cfg.model.source)
     elapsed = state["elapsed"] + time.time() - t0
     record = _record(cfg, task, rid, state, ranks, params, elapsed, status="finished",
-                     schedule=getattr(method, "schedule", None), total_steps=total_steps, n_warmup=n_warmup)
+                     schedule=getattr(method, "schedule", None), total_steps=total_steps, n_warmup=n_warmup, **extra)
     write_record(record_path, record)
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: only the record and adapter are kept
     log.info("finished %s: best %s", rid, record["best"]["metrics"])
@@ -223,7 +279,26 @@ def _evaluate_all(cfg, task, model, data, pad_id, pad_to, device, autocast) -> d
     select = evaluate(model, data["select"], task, **kw)
     report = {name.split("/", 1)[1]: evaluate(model, d, task, **kw) for name, d in data.items()
               if name.startswith("report/")}
-    return {"select": select, "report": report}
+    point = {"select": select, "report": report}
+    if "memorization" in data:
+        point["memorization"] = evaluate(model, data["memorization"], task, **kw)
+    return point
+
+
+def _load_weights(model, weights: dict, device) -> None:
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, w in weights.items():
+            named[n].copy_(w.to(device))
+
+
+def _check_scheduler(cfg) -> None:
+    if cfg.method.name != "sora":
+        raise UserError(f"scheduler=sparsify needs method=sora (got method={cfg.method.name}); "
+                        f"or drop scheduler=sparsify")
+    if cfg.scheduler.mode == "shrink_only" and cfg.method.variant == "paper":
+        raise UserError("scheduler.mode=shrink_only runs at lr 0, so the paper variant's threshold lr*xi is 0 "
+                        "and nothing prunes; use method.variant=code or scheduler.mode=retrain")
 
 
 def _better(value, best) -> bool:

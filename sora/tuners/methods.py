@@ -72,7 +72,6 @@ class SoraMethod(Method):
         super().__init__(get_sora_model(base_model, self.config, targets=cfg.targets, head=cfg.head,
                                         lora_dropout=cfg.lora_dropout))
         self.gates = gate_parameters(self.model)
-        self.gate_group = None
 
     def param_groups(self, lr, weight_decay, eps):
         gate_ids = {id(g) for g in self.gates}
@@ -92,10 +91,9 @@ class SoraMethod(Method):
         return None
 
     def after_optimizer_step(self, step, optimizer):
-        if self.gate_group is None:
-            self.gate_group = next(g for g in optimizer.param_groups if g.get("name") == "gate")
+        gate_group = next(g for g in optimizer.param_groups if g.get("name") == "gate")  # a few groups: cheap
         # the lr this step used: the scheduler has not stepped yet
-        soft_threshold_(self.gates, self.config.threshold(self.gate_group["lr"]))
+        soft_threshold_(self.gates, self.config.threshold(gate_group["lr"]))
 
     def ranks(self):
         return sora_ranks(self.model)
