@@ -109,3 +109,10 @@ def plot_sparsify_curves(records: Records, task: str, out_dir: str | Path):
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, which="both")
     return _save(fig, Path(out_dir), f"sparsify_{task}")
+
+
+def plot_record_ranks(record: dict, out_dir: str | Path) -> Path | None:
+    """The rank heatmap of one run (for trackers and quick looks)."""
+    one = Records(frame=None, raw={record["run_id"]: record})
+    paths = plot_rank_heatmaps(one, record["task"], out_dir, methods=(record["method"],))
+    return paths[0] if paths else None

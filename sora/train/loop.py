@@ -30,6 +30,7 @@ from sora.data.tasks import get_task
 from sora.errors import UserError
 from sora.models import load_model, load_tokenizer
 from sora.records import CorruptRecord, RunLock, read_record, run_id, write_record
+from sora.tracking import make_tracker, ranks_by_matrix
 from sora.train.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
 from sora.train.evaluate import evaluate
 from sora.train.optim import build_optimizer, linear_schedule, warmup_steps
@@ -78,14 +79,19 @@ def train(cfg) -> dict | None:
                 print(f"[sora] {rid}: finished record exists at {record_path}; not overwriting")
                 return existing
         handler = _log_to(run_dir / "log.txt", quiet=not cfg.progress)
+        tracker = make_tracker(cfg, rid, run_dir)
+        record = None
         try:
-            return _run(cfg, task, rid, run_dir, record_path)
+            record = _run(cfg, task, rid, run_dir, record_path, tracker)
+            return record
         finally:
+            # always finish the tracker's run, also on failure, so a multirun in one process keeps going
+            tracker.finish(summary=(record or {}).get("best"), failed=record is None)
             logging.getLogger("sora").removeHandler(handler)
             handler.close()
 
 
-def _run(cfg, task, rid: str, run_dir: Path, record_path: Path) -> dict:
+def _run(cfg, task, rid: str, run_dir: Path, record_path: Path, tracker) -> dict:
     t0 = time.time()
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     device = _device(cfg.device)
@@ -158,7 +164,9 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path) -> dict:
         ranks = method.ranks()
         point.update(step=step, epoch=step / steps_per_epoch, stage=stage.index, lr=lrs,
                      loss=state.get("last_loss"), total_rank=sum(ranks.values()),
+                     ranks_by_matrix=ranks_by_matrix(ranks), xi=getattr(getattr(method, "config", None), "xi", None),
                      nonzero_params=count_params(method, hidden)["retained"])
+        tracker.log_eval(point, step)
         if sparsify:
             state["curve_raw"].append({
                 "stage": stage.index, "step": step, "xi": method.config.xi, "lr": lrs.get("gate", 0.0),
@@ -269,6 +277,10 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path) -> dict:
                      schedule=getattr(method, "schedule", None), total_steps=total_steps, n_warmup=n_warmup, **extra)
     write_record(record_path, record)
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: only the record and adapter are kept
+    if tracker.active:
+        from sora.results.plots import plot_record_ranks
+
+        tracker.log_image("rank_heatmap", plot_record_ranks(record, run_dir / "plots"))
     log.info("finished %s: best %s", rid, record["best"]["metrics"])
     return record
 
