@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,wandb]"
 	touch $@
 
 install: $(VENV)/.installed ## make .venv: CPU torch (TORCH=... for another build), the project, test tools
@@ -43,7 +43,18 @@ reproduce: $(VENV)/.installed ## paper settings for one task: SoRA, LoRA, AdaLoR
 tables: $(VENV)/.installed ## render tables and plots from every record under RESULTS (make tables RESULTS=results/smoke)
 	$(PY) scripts/aggregate.py --results $(RESULTS)
 
+bench: $(VENV)/.installed ## the speed benchmarks -> results/bench/ (run on a quiet machine)
+	$(PY) scripts/bench_step.py
+	$(PY) scripts/bench_e2e.py
+
+minilm-table: $(VENV)/.installed ## MRPC + STS-B x 3 methods x 3 seeds on real MiniLM weights -> results/minilm
+	$(PY) scripts/train.py -m experiment=minilm_table
+	$(PY) scripts/aggregate.py --results results/minilm
+
+slurm-selftest: $(VENV)/.installed ## start a real one-node Slurm (root) and run a 2-job sweep through it
+	PY=$(PY) bash scripts/slurm_selftest.sh
+
 notebooks: $(VENV)/.installed ## open the results notebooks (RESULTS_DIR in their first cell)
 	$(VENV)/bin/jupyter lab notebooks/
 
-.PHONY: help install demo test lint train smoke reproduce tables notebooks
+.PHONY: help install demo test lint train smoke reproduce tables notebooks bench minilm-table slurm-selftest

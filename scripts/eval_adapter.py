@@ -43,6 +43,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--base", default=None, help="backbone (hub id, folder, or package:<module>); default: adapter's")
     ap.add_argument("--max-len", type=int, default=128)
     args = ap.parse_args(argv)
+    if not (Path(args.adapter) / "adapter_config.json").exists():
+        print(f"error: no exported adapter in {args.adapter!r}; a finished run has one in "
+              f"<results_dir>/records/<run_id>/adapter (failed or unfinished runs have none)", file=sys.stderr)
+        sys.exit(2)
     base = args.base or json.loads((Path(args.adapter) / "adapter_config.json").read_text())["base_model_name_or_path"]
     base = resolve(base)
     n = NUM_LABELS.get(args.task, 2)

@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from sora.cli import check_group_choices, run_cli  # noqa: E402
+from sora.cli import check_group_choices, exit_if_failures, run_cli  # noqa: E402
 from sora.config import CONF_DIR as CONF  # noqa: E402  (also registers ${repo_root:})
 
 
@@ -24,3 +24,4 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     check_group_choices(sys.argv[1:], CONF)
     main()
+    exit_if_failures()

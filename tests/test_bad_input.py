@@ -171,3 +171,25 @@ def test_real_cli_prints_one_line(argv, match, tmp_path):
     err_lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
     assert len(err_lines) == 1 and match in err_lines[0], res.stderr[-1500:]
     assert "Traceback" not in res.stderr
+
+
+def test_exported_adapter_asked_for_a_run_that_has_none(tmp_path):
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "eval_adapter.py"), str(tmp_path / "adapter"),
+                          "--task", "mrpc", "--data-dir", str(GLUE_FIXTURE)], capture_output=True, text=True)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no exported adapter in")
+
+
+def test_one_failing_run_does_not_stop_a_local_sweep(tmp_path):
+    # max_steps=2 cannot hold AdaLoRA's tinit + tfinal = 3; max_steps=8 can: the sweep runs both, then exits 1
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "task=cola", "method=adalora",
+                          "model=tiny", f"data.dir={GLUE_FIXTURE}", f"results_dir={tmp_path}", "train.max_steps=2,8",
+                          "train.batch_size=8", "progress=false", "method.ref_steps=null", "method.tinit=2",
+                          "method.tfinal=1", "data.max_len=64"],
+                         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert res.returncode == 1, res.stderr[-1500:]
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 2 and "AdaLoRA needs tinit + tfinal" in errors[0]
+    assert "1 run(s) of this sweep failed" in errors[1]
+    assert len(list(tmp_path.glob("records/*/record.json"))) == 1
