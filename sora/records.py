@@ -28,6 +28,8 @@ NON_IDENTITY_KEYS = ("results_dir", "logger", "progress", "train.save_steps", "d
 def run_id(cfg) -> str:
     """``<task>-<method>-<model>-s<seed>-<hash>``: the same resolved config always maps to the same place."""
     container = OmegaConf.to_container(cfg, resolve=True)
+    if (container.get("scheduler") or {}).get("name", "none") == "none":
+        container.pop("scheduler", None)  # the default adds nothing: ids of ordinary runs stay as they were
     for key in NON_IDENTITY_KEYS:
         parent, _, leaf = key.rpartition(".")
         node = container
