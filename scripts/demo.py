@@ -35,11 +35,11 @@ def main(argv: list[str]) -> None:
     records = load_records(results)
     df = records.frame[records.frame.task == cfg.task.name].sort_values("method")
     print(f"\nSST-2 dev accuracy, all-MiniLM-L6-v2, 1 epoch on 8,000 real training rows ({time.time() - t0:.0f} s)")
-    print(f"{'method':28s} {'acc':>6s} {'retained params':>16s} {'ranks kept':>12s} {'time':>7s}")
+    print(f"{'method':32s} {'acc':>6s} {'retained params':>16s} {'ranks kept':>12s} {'time':>7s}")
     for r in df.itertuples():
         rec = records.raw[r.run_id]
         kept, cap = rec["params"]["total_rank"], rec["params"]["max_rank"]
-        print(f"{r.label:28s} {100 * r.main:6.2f} {int(rec['params']['retained']):16,d} "
+        print(f"{r.label:32s} {100 * r.main:6.2f} {int(rec['params']['retained']):16,d} "
               f"{kept:>5d}/{cap:<6d} {r.wall_time_s:6.0f}s")
     paths = plot_rank_heatmaps(records, cfg.task.name, results / "plots")
     if paths:

@@ -17,6 +17,8 @@ import pandas as pd
 from sora.records import CorruptRecord, read_record
 from sora.tuners.targets import matrix_type
 
+PAPER_MODEL = "deberta_v3_base"
+
 
 @dataclass
 class Records:
@@ -60,8 +62,12 @@ def load_records(results_dir: str | Path) -> Records:
             problems.append((str(path), f"status {rec.get('status')!r}: {rec.get('error') or 'not finished'}"))
             continue
         raw[rec["run_id"]] = rec
-        row = {"run_id": rec["run_id"], "task": rec["task"], "method": rec["method"], "label": method_label(rec),
-               "paper_key": paper_key(rec), "model": rec["model"], "seed": rec["seed"], "variant": rec.get("variant"),
+        # the published numbers are DeBERTaV3-base: other backbones get their own rows and no paper column
+        paper_model = rec["model"] == PAPER_MODEL
+        label = method_label(rec) + ("" if paper_model else f" · {rec['model']}")
+        row = {"run_id": rec["run_id"], "task": rec["task"], "method": rec["method"], "label": label,
+               "paper_key": paper_key(rec) if paper_model else None, "model": rec["model"], "seed": rec["seed"],
+               "variant": rec.get("variant"),
                "protocol": rec.get("protocol"), "scheduler": (rec.get("scheduler") or {}).get("mode", "none"),
                "main_metric": rec["best"]["main_metric"],
                "main": _num(rec["best"]["main"]), "best_step": rec["best"]["step"],
