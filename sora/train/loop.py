@@ -78,7 +78,7 @@ def train(cfg) -> dict | None:
             if existing.get("status") == "finished":
                 print(f"[sora] {rid}: finished record exists at {record_path}; not overwriting")
                 return existing
-        handler = _log_to(run_dir / "log.txt", quiet=not cfg.progress)
+        handler = _log_to(run_dir / "log.txt")
         tracker = make_tracker(cfg, rid, run_dir)
         record = None
         try:
@@ -440,7 +440,7 @@ def _append_jsonl(path: Path, point: dict) -> None:
         f.write(json.dumps(_clean(point)) + "\n")
 
 
-def _log_to(path: Path, quiet: bool) -> logging.Handler:
+def _log_to(path: Path) -> logging.Handler:
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
