@@ -52,6 +52,11 @@ def _clean(obj):
     return obj
 
 
+def json_line(obj) -> str:
+    """One strict-JSON line (NaN -> null): the format of ``metrics.jsonl``."""
+    return json.dumps(_clean(obj)) + "\n"
+
+
 def _checksum(record: dict) -> str:
     body = {k: v for k, v in record.items() if k != "checksum"}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()

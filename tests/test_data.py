@@ -96,3 +96,49 @@ def test_collate_pads_dynamically():
     assert b["input_ids"].tolist() == [[1, 5, 2, 0, 0], [1, 6, 7, 8, 2]]
     assert b["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
     assert collate(feats, np.array([0, 1]), pad_id=0, pad_to=8)["input_ids"].shape == (2, 8)
+
+
+def _released_indices(n: int, split: str, validation_size: int) -> list[int]:
+    """Transcribed from the release, src/processor.py:50-54 and 72-77 (seed 42)."""
+    import torch
+
+    generator = torch.Generator()
+    generator.manual_seed(42)
+    indices = torch.randperm(n, generator=generator).tolist()
+    return indices[:validation_size] if split == "validation" else indices[validation_size:]
+
+
+@pytest.mark.parametrize("task,dev", [("mrpc", "validation"), ("cola", "validation"), ("stsb", "validation"),
+                                      ("mnli", "validation_matched"), ("mnli_mm", "validation_mismatched")])
+def test_sora_split_rows_are_the_released_ones(task, dev):
+    """Small tasks: select = dev[indices[:n//2]], report = dev[indices[n//2:]] of the task's one dev set; MNLI
+    is two runs as released (mnli-m on matched, mnli-mm on mismatched)."""
+    full = read_split(get_task(task), dev, str(GLUE_FIXTURE))
+    s = protocol_splits(get_task(task), str(GLUE_FIXTURE), "sora_split")
+    n = len(full)
+    assert set(s) == {"train", "select", f"report/{dev}"}
+    assert s["select"]["idx"].tolist() == full["idx"].iloc[_released_indices(n, "validation", n // 2)].tolist()
+    assert s[f"report/{dev}"]["idx"].tolist() == full["idx"].iloc[_released_indices(n, "test", n // 2)].tolist()
+
+
+def test_sora_split_large_task_holds_out_the_released_train_rows(tmp_path):
+    """SST-2 / QNLI / QQP: select on train[indices[:1000]], train on train[indices[1000:]], report full dev."""
+    rows = pd.DataFrame({"sentence": [f"s{i}" for i in range(1300)], "label": [i % 2 for i in range(1300)],
+                         "idx": range(1300)})
+    (tmp_path / "sst2").mkdir()
+    rows.to_csv(tmp_path / "sst2" / "train.tsv", sep="\t", index=False)
+    rows.iloc[:50].to_csv(tmp_path / "sst2" / "validation.tsv", sep="\t", index=False)
+    s = protocol_splits(get_task("sst2"), str(tmp_path), "sora_split")
+    assert s["select"]["idx"].astype(int).tolist() == _released_indices(1300, "validation", 1000)
+    assert s["train"]["idx"].astype(int).tolist() == _released_indices(1300, "train", 1000)
+    assert len(s["report/validation"]) == 50
+
+
+def test_memorization_subset_is_the_released_datasets_shuffle():
+    """run_glue.py:664: train_dataset.shuffle(seed=42).select(range(1000)), by `datasets` itself."""
+    import datasets
+
+    from sora.train.loop import memorization_rows
+
+    ds = datasets.Dataset.from_dict({"i": list(range(1500))}).shuffle(seed=42).select(range(1000))
+    assert memorization_rows(1500).tolist() == ds["i"]

@@ -29,7 +29,9 @@ def test_lora_retained_is_165888_per_rank(r):
     params = count_params(method, hidden_size=768)
     # per layer: Q, K, V, AO: 4 x (768 + 768); I: 768 + 3072; O: 3072 + 768  -> 13,824 per rank; x 12 layers
     assert params["retained"] == 165_888 * r
-    assert params["retained_repo_formula"] == 72 * r * 2 * 768  # the released code's 768 x 768 assumption
+    # the released compute_trainable_sparse_param (src/util.py:8-21): every trainable numel when there are no
+    # gates, the head included: pooler 768 x 768 + 768, classifier 768 x 2 + 2
+    assert params["retained_repo_formula"] == 165_888 * r + 590_592 + 1_538
 
 
 def test_sora_retained_counts_only_non_zero_ranks():
@@ -39,8 +41,9 @@ def test_sora_retained_counts_only_non_zero_ranks():
     params = count_params(method, hidden_size=768)
     # intermediate.dense kept 2 of 8 ranks in each of 12 layers: 165,888 * 8 - 12 * 6 * (768 + 3072)
     assert params["retained"] == 165_888 * 8 - 12 * 6 * 3840
-    # the repo formula charges 1,536 per rank everywhere, understating FFN ranks' real size (3,840)
-    assert params["retained_repo_formula"] == (72 * 8 - 12 * 6) * 1536
+    # the released formula: trainable non-gate numel (A, B and the head) minus 2 x 768 per zero gate entry, so
+    # a pruned FFN rank is charged 1,536 instead of its real 3,840
+    assert params["retained_repo_formula"] == 165_888 * 8 + 590_592 + 1_538 - 12 * 6 * 1536
 
 
 def _names(method):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from sora.data.tasks import Task
 from sora.errors import UserError
@@ -30,10 +31,10 @@ def _read_local(task: Task, split: str, data_dir: str) -> pd.DataFrame:
         raise UserError(f"data.dir {data_dir!r} is not a folder; point it at a GLUE folder "
                         f"(<dir>/<task>/<split>.tsv[.gz]) or drop data.dir to load {HUB_DATASET} from the hub")
     for name in (f"{split}.tsv.gz", f"{split}.tsv"):
-        path = root / task.name / name
+        path = root / task.source / name
         if path.exists():
             return pd.read_csv(path, sep="\t", keep_default_na=False, dtype=str)
-    raise UserError(f"missing split file {root / task.name / (split + '.tsv[.gz]')}; "
+    raise UserError(f"missing split file {root / task.source / (split + '.tsv[.gz]')}; "
                     f"add it or drop data.dir to load {HUB_DATASET} from the hub")
 
 
@@ -41,9 +42,9 @@ def _read_hub(task: Task, split: str) -> pd.DataFrame:
     try:
         import datasets
 
-        ds = datasets.load_dataset(HUB_DATASET, task.name, split=split)
+        ds = datasets.load_dataset(HUB_DATASET, task.source, split=split)
     except Exception as exc:  # hub/network errors come in many types
-        raise UserError(f"cannot load {HUB_DATASET}/{task.name} split {split!r} from the hub "
+        raise UserError(f"cannot load {HUB_DATASET}/{task.source} split {split!r} from the hub "
                         f"({type(exc).__name__}); offline, set data.dir=<folder of GLUE TSVs>") from None
     return ds.to_pandas().astype({c: str for c in task.text_columns})
 
@@ -74,32 +75,38 @@ def validate(df: pd.DataFrame, task: Task, split: str) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+def released_order(n: int) -> np.ndarray:
+    """The release's shuffle (``src/processor.py:50-54``): ``torch.randperm(n)`` from a generator seeded 42."""
+    generator = torch.Generator()
+    generator.manual_seed(SELECT_SEED)
+    return torch.randperm(n, generator=generator).numpy()
+
+
 def protocol_splits(task: Task, data_dir: str | None, protocol: str) -> dict[str, pd.DataFrame]:
     """{'train', 'select', 'report/<dev split>'...} for an evaluation protocol.
 
     * ``best_on_dev``: select and report on the full dev set(s) (how LoRA/AdaLoRA were reported).
-    * ``sora_split`` (released SoRA code): small tasks shuffle dev with seed 42, select on the first half,
-      report the second; large tasks (SST-2, QNLI, QQP) hold out 1,000 shuffled train rows to select and
-      report the full dev set.
+    * ``sora_split`` (released SoRA code, ``src/processor.py:72-100``): with ``indices = released_order(n)``,
+      small tasks select on ``dev[indices[:n//2]]`` and report ``dev[indices[n//2:]]`` of their one dev set
+      (MNLI: ``mnli`` = the release's mnli-m on matched, ``mnli_mm`` on mismatched, two runs as released);
+      large tasks (SST-2, QNLI, QQP) select on ``train[indices[:1000]]``, train on ``train[indices[1000:]]``
+      and report the full dev set.
     """
     if protocol not in ("best_on_dev", "sora_split"):
         raise UserError(f"eval.protocol must be best_on_dev or sora_split, got {protocol!r}")
     train = read_split(task, "train", data_dir)
-    devs = {s: read_split(task, s, data_dir) for s in task.dev_splits}
-    out = {"train": train}
     if protocol == "best_on_dev":
-        out["select"] = devs[task.dev_splits[0]]
-        out.update({f"report/{s}": d for s, d in devs.items()})
-    elif task.large:
-        order = np.random.RandomState(SELECT_SEED).permutation(len(train))
-        out["select"] = train.iloc[order[:HELDOUT_TRAIN]].reset_index(drop=True)
-        out["train"] = train.iloc[order[HELDOUT_TRAIN:]].reset_index(drop=True)
-        out.update({f"report/{s}": d for s, d in devs.items()})
-    else:
-        for i, (s, d) in enumerate(devs.items()):
-            order = np.random.RandomState(SELECT_SEED).permutation(len(d))
-            half = len(d) // 2
-            if i == 0:
-                out["select"] = d.iloc[order[:half]].reset_index(drop=True)
-            out[f"report/{s}"] = d.iloc[order[half:]].reset_index(drop=True)
-    return out
+        devs = {s: read_split(task, s, data_dir) for s in task.dev_splits}
+        return {"train": train, "select": devs[task.dev_splits[0]], **{f"report/{s}": d for s, d in devs.items()}}
+    dev_name = task.dev_splits[0]
+    dev = read_split(task, dev_name, data_dir)
+    if task.large:
+        order = released_order(len(train))
+        return {"train": _rows(train, order[HELDOUT_TRAIN:]), "select": _rows(train, order[:HELDOUT_TRAIN]),
+                f"report/{dev_name}": dev}
+    order, half = released_order(len(dev)), len(dev) // 2
+    return {"train": train, "select": _rows(dev, order[:half]), f"report/{dev_name}": _rows(dev, order[half:])}
+
+
+def _rows(df: pd.DataFrame, idx: np.ndarray) -> pd.DataFrame:
+    return df.iloc[idx].reset_index(drop=True)

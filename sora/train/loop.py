@@ -1,8 +1,7 @@
 """One GLUE run, start to finish: data -> model -> the step loop -> best checkpoint -> record + adapter.
 
-The step order, readable in one place (nanoGPT style):
-    forward (+ the method's extra loss) -> backward -> clip the global grad norm -> optimizer.step()
-    -> method.after_optimizer_step (SoRA prox / AdaLoRA budget) -> scheduler.step() -> zero_grad()
+The step order lives in one place, ``sora.train.step.train_step``; this module is the run around it:
+setup, the stage/step loop (``_Training.stages``), evaluation and best checkpoint, resume, the record.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import shutil
 import subprocess
 import time
 import warnings
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -29,12 +29,13 @@ from sora.data.glue import SELECT_SEED, protocol_splits
 from sora.data.tasks import get_task
 from sora.errors import UserError
 from sora.models import load_model, load_tokenizer
-from sora.records import CorruptRecord, RunLock, read_record, run_id, write_record
+from sora.records import CorruptRecord, RunLock, atomic_write_text, json_line, read_record, run_id, write_record
 from sora.tracking import make_tracker, ranks_by_matrix
 from sora.train.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
 from sora.train.evaluate import evaluate
-from sora.train.optim import build_optimizer, linear_schedule, warmup_steps
+from sora.train.optim import OPTIMIZERS, SCHEDULES, group_lrs, schedule_plan
 from sora.train.sparsify import Stage, normalise_curve, stage_plan
+from sora.train.step import make_optimizer_and_schedule, run_length, run_schedule, train_step
 from sora.tuners.methods import build_method, count_params
 
 log = logging.getLogger("sora")
@@ -56,6 +57,10 @@ def validate_config(cfg) -> None:
         raise UserError(f"train.max_steps must be -1 (use epochs) or a positive integer, got {t.max_steps!r}")
     if t.epochs <= 0 and t.max_steps == -1:
         raise UserError(f"train.epochs must be > 0, got {t.epochs}")
+    if t.get("optimizer", "adamw") not in OPTIMIZERS:
+        raise UserError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {t.optimizer!r}")
+    if t.get("schedule", "standard") not in SCHEDULES:
+        raise UserError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {t.schedule!r}")
 
 
 def train(cfg) -> dict | None:
@@ -91,6 +96,20 @@ def train(cfg) -> dict | None:
             handler.close()
 
 
+@dataclass
+class Setup:
+    """Everything a run builds before its first step."""
+
+    data: dict
+    pad_id: int
+    pad_to: int | None
+    steps_per_epoch: int
+    total_steps: int  # the dense phase
+    eval_every: int
+    plan: list  # [dense stage, sparsifying stages...]
+    schedule: object  # optim.SchedulePlan of the dense phase
+
+
 def _run(cfg, task, rid: str, run_dir: Path, record_path: Path, tracker) -> dict:
     t0 = time.time()
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
@@ -101,48 +120,17 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path, tracker) -> dict
     autocast = _autocast(cfg.train.precision, device)
     log.info("run %s on %s, precision %s", rid, device, cfg.train.precision)
 
-    tokenizer = load_tokenizer(cfg.model)
-    splits = protocol_splits(task, cfg.data.dir, cfg.eval.protocol)
-    data = {name: encode(df, task, tokenizer, cfg.data.max_len) for name, df in splits.items()}
-    pad_id = tokenizer.pad_token_id
-    pad_to = cfg.data.max_len if cfg.data.pad_to_max_len else None
-    train_set = data["train"]
-    steps_per_epoch = math.ceil(len(train_set) / cfg.train.batch_size)
-    total_steps = cfg.train.max_steps if cfg.train.max_steps > 0 else int(steps_per_epoch * cfg.train.epochs)
-    eval_every = cfg.train.eval_steps if cfg.train.eval_steps > 0 else steps_per_epoch
-    eval_every = min(eval_every, total_steps)
-
-    sched = cfg.get("scheduler")
-    plan = stage_plan(sched, total_steps, steps_per_epoch)
-    sparsify = len(plan) > 1
-    if sparsify:
-        _check_scheduler(cfg)
-        subset = splits["train"].sample(n=min(MEMORIZATION_ROWS, len(splits["train"])), random_state=SELECT_SEED)
-        data["memorization"] = encode(subset.reset_index(drop=True), task, tokenizer, cfg.data.max_len)
-
+    setup = _prepare(cfg, task)
     base = load_model(cfg.model, task.num_labels, cfg.seed)
     _set_head_dropout(base, cfg.train.get("cls_dropout"))
-    method = build_method(base, cfg.method, total_steps)
+    method = build_method(base, cfg.method, setup.total_steps)
     model = method.model.to(device)
-    trainable = [p for p in model.parameters() if p.requires_grad]
     hidden = model.base_model.model.config.hidden_size
-    n_warmup = warmup_steps(cfg.train.warmup, total_steps)
-
-    def optimizer_for(stage: Stage):
-        """Dense phase (and every shrink_only stage): one optimizer and one schedule over the dense steps, so
-        shrink_only stages run at lr 0 exactly as released. retrain: a fresh AdamW and schedule per stage."""
-        opt = build_optimizer(method.param_groups(cfg.train.lr, cfg.train.weight_decay, cfg.train.adam_eps),
-                              cfg.train.adam_betas, device)
-        if stage.index > 0 and sched.mode == "retrain":
-            length = stage.end - stage.start
-            return opt, linear_schedule(opt, warmup_steps(cfg.train.warmup, length), length)
-        return opt, linear_schedule(opt, n_warmup, total_steps)
 
     state = {"step": 0, "stage": 0, "evals": [], "best": None, "best_weights": None, "elapsed": 0.0, "curve_raw": []}
-    ckpt_dir = run_dir / "checkpoint"
-    payload = read_checkpoint(ckpt_dir, rid)
-    stage_now = plan[payload["state"].get("stage", 0)] if payload else plan[0]
-    optimizer, scheduler = optimizer_for(stage_now)
+    payload = read_checkpoint(run_dir / "checkpoint", rid)
+    stage_now = setup.plan[payload["state"].get("stage", 0)] if payload else setup.plan[0]
+    optimizer, scheduler = _optimizer_for(cfg, method, device, setup, stage_now)
     if payload:
         state = restore_checkpoint(payload, model, optimizer, scheduler, method)
         log.info("resumed %s at step %d (stage %d)", rid, state["step"], state.get("stage", 0))
@@ -151,119 +139,174 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path, tracker) -> dict
     if stage_now.xi is not None:
         method.config.xi = stage_now.xi
 
-    select_key = task.select_metric
-    final_step = plan[-1].end
-    step = state["step"]
-    progress = _progress(final_step, step, enabled=cfg.progress, desc=rid)
-    # the loss window since the last log line (restored on resume so logged means match an uninterrupted run)
-    running_loss = torch.tensor(state.get("running_loss", 0.0), device=device)
-    running_n = state.get("running_n", 0)
+    run = _Training(cfg, task, rid, run_dir, setup, method, model, device, autocast, tracker, state, t0)
+    try:
+        run.stages(optimizer, scheduler)
+    except NonFiniteLoss as exc:
+        run.progress.close()
+        record = _record(cfg, task, rid, state, None, None, time.time() - t0, status="failed", error=str(exc))
+        write_record(record_path, record)
+        raise UserError(f"{exc}; the record is marked failed at {record_path}; lower train.lr or use "
+                        f"train.precision=fp32") from None
+    run.progress.close()
+    return _finish(cfg, task, rid, run_dir, record_path, setup, method, model, device, hidden, tracker, state, t0)
 
-    def evaluate_point(stage: Stage, lrs: dict) -> dict:
-        point = _evaluate_all(cfg, task, model, data, pad_id, pad_to, device, autocast)
+
+def _prepare(cfg, task) -> Setup:
+    tokenizer = load_tokenizer(cfg.model)
+    splits = protocol_splits(task, cfg.data.dir, cfg.eval.protocol)
+    data = {name: encode(df, task, tokenizer, cfg.data.max_len) for name, df in splits.items()}
+    n_train = len(data["train"])
+    steps_per_epoch, total_steps = run_length(cfg.train, n_train)
+    eval_every = cfg.train.eval_steps if cfg.train.eval_steps > 0 else steps_per_epoch
+    plan = stage_plan(cfg.get("scheduler"), total_steps, steps_per_epoch)
+    if len(plan) > 1:
+        _check_scheduler(cfg)
+        rows = memorization_rows(len(splits["train"]))
+        data["memorization"] = encode(splits["train"].iloc[rows].reset_index(drop=True), task, tokenizer,
+                                      cfg.data.max_len)
+    return Setup(data=data, pad_id=tokenizer.pad_token_id,
+                 pad_to=cfg.data.max_len if cfg.data.pad_to_max_len else None, steps_per_epoch=steps_per_epoch,
+                 total_steps=total_steps, eval_every=min(eval_every, total_steps), plan=plan,
+                 schedule=run_schedule(cfg.train, total_steps, n_train))
+
+
+def memorization_rows(n: int) -> np.ndarray:
+    """The release's memorization subset, ``train.shuffle(seed=42).select(range(1000))`` (``run_glue.py:664``):
+    ``datasets`` shuffles with ``np.random.default_rng(seed).permutation(n)``."""
+    return np.random.default_rng(SELECT_SEED).permutation(n)[:MEMORIZATION_ROWS]
+
+
+def _optimizer_for(cfg, method, device, setup: Setup, stage: Stage):
+    """Dense phase (and every shrink_only stage): one optimizer and one schedule over the dense steps, so
+    shrink_only stages run at lr 0 exactly as released. retrain: a fresh optimizer and schedule per stage."""
+    if stage.index > 0 and cfg.scheduler.mode == "retrain":
+        length = stage.end - stage.start
+        return make_optimizer_and_schedule(method, cfg.train, device, schedule_plan("standard", cfg.train.warmup,
+                                                                                     length, 0, 1, 1))
+    return make_optimizer_and_schedule(method, cfg.train, device, setup.schedule)
+
+
+class _Training:
+    """The stage and step loop of one run, with evaluation, best-checkpoint and resume bookkeeping."""
+
+    def __init__(self, cfg, task, rid, run_dir, setup, method, model, device, autocast, tracker, state, t0):
+        self.cfg, self.task, self.rid, self.run_dir, self.setup = cfg, task, rid, run_dir, setup
+        self.method, self.model, self.device, self.autocast, self.tracker = method, model, device, autocast, tracker
+        self.state, self.t0 = state, t0
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.sparsify = len(setup.plan) > 1
+        self.step = state["step"]
+        self.progress = _progress(setup.plan[-1].end, self.step, enabled=cfg.progress, desc=rid)
+        # the loss window since the last log line (restored on resume so logged means match an uninterrupted run)
+        self.running_loss = torch.tensor(state.get("running_loss", 0.0), device=device)
+        self.running_n = state.get("running_n", 0)
+
+    def stages(self, optimizer, scheduler) -> None:
+        cfg, state, train_set = self.cfg, self.state, self.setup.data["train"]
+        for stage in self.setup.plan:
+            if stage.index < state["stage"] or self.step >= stage.end:
+                continue
+            if stage.index > state["stage"]:  # entering a stage (a resumed run may already be inside it)
+                optimizer, scheduler = self._enter(stage, optimizer, scheduler)
+            stage_eval = min(self.setup.eval_every, stage.end - stage.start)
+            while self.step < stage.end:
+                epoch, offset = divmod(self.step, self.setup.steps_per_epoch)
+                batches = train_batches(len(train_set), train_set.lengths, cfg.train.batch_size, cfg.seed, epoch,
+                                        cfg.data.group_by_length)
+                for idx in batches[offset:]:
+                    batch = collate([train_set.features[i] for i in idx], train_set.labels[idx], self.setup.pad_id,
+                                    self.setup.pad_to)
+                    batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                    loss, lrs = train_step(self.model, batch, self.method, optimizer, scheduler, self.step,
+                                           self.trainable, cfg.train.max_grad_norm, self.autocast)
+                    self.step += 1
+                    self._log_loss(loss, lrs, stage)
+                    if (self.step - stage.start) % stage_eval == 0 or self.step == stage.end:
+                        self._evaluate(stage, lrs)
+                    self._maybe_checkpoint(optimizer, scheduler)
+                    if self.step >= stage.end:
+                        break
+            if stage.index > 0:  # the pruned adapter at the end of each stage
+                self.method.export(self.run_dir / "stages" / f"stage_{stage.index}", _backbone_name(cfg))
+
+    def _enter(self, stage: Stage, optimizer, scheduler):
+        state, method = self.state, self.method
+        state["stage"] = stage.index
+        method.config.xi = stage.xi
+        if stage.index == 1:  # every stage descends from the dense best checkpoint
+            _load_weights(self.model, state["best_weights"], self.device)
+        if self.cfg.scheduler.mode == "retrain":
+            optimizer, scheduler = _optimizer_for(self.cfg, method, self.device, self.setup, stage)
+        if stage.index == 1:  # the first stage starts from the references themselves: 100% / 100%
+            self._point(stage, group_lrs(optimizer))
+        log.info("stage %d: xi=%g, steps %d..%d (%s)", stage.index, stage.xi, stage.start, stage.end,
+                 self.cfg.scheduler.mode)
+        return optimizer, scheduler
+
+    def _log_loss(self, loss, lrs: dict, stage: Stage) -> None:
+        self.running_loss += loss.float()
+        self.running_n += 1
+        if self.step % self.cfg.train.log_steps == 0 or self.step == stage.end:
+            mean_loss = (self.running_loss / self.running_n).item()  # the only host sync between evaluations
+            if not math.isfinite(mean_loss):
+                raise NonFiniteLoss(f"non-finite loss at step {self.step - self.running_n + 1}..{self.step}")
+            self.progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lrs.get('adapter', 0):.2e}")
+            self.state["last_loss"] = mean_loss
+            self.running_loss.zero_()
+            self.running_n = 0
+        self.progress.update(1)
+
+    def _point(self, stage: Stage, lrs: dict) -> dict:
+        """Evaluate every split now; a point of the run's history (and of the scheduler's curve)."""
+        cfg, task, method, state = self.cfg, self.task, self.method, self.state
+        s = self.setup
+        point = _evaluate_all(cfg, task, self.model, s.data, s.pad_id, s.pad_to, self.device, self.autocast)
         ranks = method.ranks()
-        point.update(step=step, epoch=step / steps_per_epoch, stage=stage.index, lr=lrs,
+        point.update(step=self.step, epoch=self.step / s.steps_per_epoch, stage=stage.index, lr=lrs,
                      loss=state.get("last_loss"), total_rank=sum(ranks.values()),
                      ranks_by_matrix=ranks_by_matrix(ranks), xi=getattr(getattr(method, "config", None), "xi", None),
-                     nonzero_params=count_params(method, hidden)["retained"])
-        tracker.log_eval(point, step)
-        if sparsify:
+                     nonzero_params=count_params(method, self.model.base_model.model.config.hidden_size)["retained"])
+        self.tracker.log_eval(point, self.step)
+        if self.sparsify:
             state["curve_raw"].append({
-                "stage": stage.index, "step": step, "xi": method.config.xi, "lr": lrs.get("gate", 0.0),
+                "stage": stage.index, "step": self.step, "xi": method.config.xi, "lr": lrs.get("gate", 0.0),
                 "nonzero_params": point["nonzero_params"], "total_rank": point["total_rank"], "ranks": ranks,
                 "dev": point["report"][task.dev_splits[0]][task.main_metric],
                 "train": point["memorization"][task.main_metric]})
         return point
 
-    try:
-        for stage in plan:
-            if stage.index < state["stage"] or step >= stage.end:
-                continue
-            if stage.index > state["stage"]:  # entering a stage (a resumed run may already be inside it)
-                state["stage"] = stage.index
-                method.config.xi = stage.xi
-                if stage.index == 1:  # every stage descends from the dense best checkpoint
-                    _load_weights(model, state["best_weights"], device)
-                if sched.mode == "retrain":
-                    optimizer, scheduler = optimizer_for(stage)
-                if stage.index == 1:  # the first stage starts from the references themselves: 100% / 100%
-                    start_lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
-                    evaluate_point(stage, start_lrs)
-                log.info("stage %d: xi=%g, steps %d..%d (%s)", stage.index, stage.xi, stage.start, stage.end,
-                         sched.mode)
-            stage_eval = min(eval_every, stage.end - stage.start)
-            while step < stage.end:
-                epoch, offset = divmod(step, steps_per_epoch)
-                batches = train_batches(len(train_set), train_set.lengths, cfg.train.batch_size, cfg.seed, epoch,
-                                        cfg.data.group_by_length)
-                for idx in batches[offset:]:
-                    model.train()
-                    batch = collate([train_set.features[i] for i in idx], train_set.labels[idx], pad_id, pad_to)
-                    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                    with autocast():
-                        loss = model(**batch).loss
-                        extra = method.extra_loss()
-                        if extra is not None:
-                            loss = loss + extra
-                    loss.backward()
-                    if cfg.train.max_grad_norm > 0:
-                        torch.nn.utils.clip_grad_norm_(trainable, cfg.train.max_grad_norm)
-                    optimizer.step()
-                    method.after_optimizer_step(step, optimizer)
-                    lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    running_loss += loss.detach().float()
-                    running_n += 1
+    def _evaluate(self, stage: Stage, lrs: dict) -> None:
+        state, select_key = self.state, self.task.select_metric
+        point = self._point(stage, lrs)
+        state["evals"].append(point)
+        _append_jsonl(self.run_dir / "metrics.jsonl", point)
+        value = point["select"][select_key]
+        best = state["best"]
+        if stage.index == 0 and (best is None or _better(value, best["select"][select_key])):
+            state["best"] = point
+            state["best_weights"] = {n: p.detach().cpu().clone()
+                                     for n, p in self.model.named_parameters() if p.requires_grad}
+        log.info("step %d (stage %d): select %s=%.4f report %s ranks %d", self.step, stage.index, select_key,
+                 float("nan") if value is None else value, point["report"], point["total_rank"])
 
-                    if step % cfg.train.log_steps == 0 or step == stage.end:
-                        mean_loss = (running_loss / running_n).item()  # the only host sync between evaluations
-                        if not math.isfinite(mean_loss):
-                            raise NonFiniteLoss(f"non-finite loss at step {step - running_n + 1}..{step}")
-                        progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lrs.get('adapter', 0):.2e}")
-                        state["last_loss"] = mean_loss
-                        running_loss.zero_()
-                        running_n = 0
-                    progress.update(1)
+    def _maybe_checkpoint(self, optimizer, scheduler) -> None:
+        every = self.cfg.train.save_steps
+        if every > 0 and self.step % every == 0 and self.step < self.setup.plan[-1].end:
+            self.state.update(step=self.step, running_loss=self.running_loss.item(), running_n=self.running_n)
+            save_checkpoint(self.run_dir / "checkpoint", self.model, optimizer, scheduler, self.method, self.state,
+                            self.rid, elapsed=self.state["elapsed"] + time.time() - self.t0)
 
-                    if (step - stage.start) % stage_eval == 0 or step == stage.end:
-                        point = evaluate_point(stage, lrs)
-                        state["evals"].append(point)
-                        _append_jsonl(run_dir / "metrics.jsonl", point)
-                        value = point["select"][select_key]
-                        best = state["best"]
-                        if stage.index == 0 and (best is None or _better(value, best["select"][select_key])):
-                            state["best"] = point
-                            state["best_weights"] = {n: p.detach().cpu().clone()
-                                                     for n, p in model.named_parameters() if p.requires_grad}
-                        log.info("step %d (stage %d): select %s=%.4f report %s ranks %d", step, stage.index,
-                                 select_key, float("nan") if value is None else value, point["report"],
-                                 point["total_rank"])
-                    if cfg.train.save_steps > 0 and step % cfg.train.save_steps == 0 and step < final_step:
-                        state.update(step=step, running_loss=running_loss.item(), running_n=running_n)
-                        save_checkpoint(ckpt_dir, model, optimizer, scheduler, method, state, rid,
-                                        elapsed=state["elapsed"] + time.time() - t0)
-                    if step >= stage.end:
-                        break
-            if stage.index > 0:  # the pruned adapter at the end of each stage
-                method.export(run_dir / "stages" / f"stage_{stage.index}", cfg.model.get("hub_id") or cfg.model.source)
-    except NonFiniteLoss as exc:
-        progress.close()
-        record = _record(cfg, task, rid, state, None, None, time.time() - t0, status="failed", error=str(exc))
-        write_record(record_path, record)
-        raise UserError(f"{exc}; the record is marked failed at {record_path}; lower train.lr or use "
-                        f"train.precision=fp32") from None
-    progress.close()
 
+def _finish(cfg, task, rid, run_dir, record_path, setup, method, model, device, hidden, tracker, state, t0) -> dict:
+    """Load the (dense) best checkpoint, export it, count it, write the record."""
     extra = {}
-    if sparsify:
+    if len(setup.plan) > 1:
         ref = state["best"]
         extra["curve"] = normalise_curve(state["curve_raw"], ref["report"][task.dev_splits[0]][task.main_metric],
                                          ref["memorization"][task.main_metric])
-        extra["scheduler"] = {"mode": sched.mode, "xis": [s.xi for s in plan],
-                              "stage_steps": [s.end - s.start for s in plan]}
-    # the reported model is the (dense) best checkpoint: load it, export it, count it
+        extra["scheduler"] = {"mode": cfg.scheduler.mode, "xis": [s.xi for s in setup.plan],
+                              "stage_steps": [s.end - s.start for s in setup.plan]}
     if state["best_weights"] is not None:
         _load_weights(model, state["best_weights"], device)
     ranks = method.ranks()
@@ -271,18 +314,34 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path, tracker) -> dict
     adapter_dir = run_dir / "adapter"
     if adapter_dir.exists():
         shutil.rmtree(adapter_dir)
-    method.export(adapter_dir, cfg.model.get("hub_id") or cfg.model.source)
+    method.export(adapter_dir, _backbone_name(cfg))
     elapsed = state["elapsed"] + time.time() - t0
     record = _record(cfg, task, rid, state, ranks, params, elapsed, status="finished",
-                     schedule=getattr(method, "schedule", None), total_steps=total_steps, n_warmup=n_warmup, **extra)
+                     schedule=getattr(method, "schedule", None), total_steps=setup.total_steps,
+                     n_warmup=setup.schedule.warmup, formulas=formulas(cfg, method, setup), **extra)
     write_record(record_path, record)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: only the record and adapter are kept
+    shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)  # finished: only the record and adapter are kept
     if tracker.active:
         from sora.results.plots import plot_record_ranks
 
         tracker.log_image("rank_heatmap", plot_record_ranks(record, run_dir / "plots"))
     log.info("finished %s: best %s", rid, record["best"]["metrics"])
     return record
+
+
+def formulas(cfg, method, setup: Setup) -> dict:
+    """Which formulas ran, so two runs that differ only here are never pooled."""
+    out = {"optimizer": cfg.train.get("optimizer", "adamw"), "schedule": cfg.train.get("schedule", "standard"),
+           **{f"schedule_{k}": v for k, v in setup.schedule.as_dict().items()}}
+    sora_cfg = getattr(method, "config", None)
+    if sora_cfg is not None:
+        out.update(prox=sora_cfg.prox, threshold="xi" if sora_cfg.variant == "code" else "lr*xi",
+                   l1_coef=sora_cfg.l1_coef, gate_init=sora_cfg.gate_init)
+    return out
+
+
+def _backbone_name(cfg) -> str:
+    return cfg.model.get("hub_id") or cfg.model.source
 
 
 def _evaluate_all(cfg, task, model, data, pad_id, pad_to, device, autocast) -> dict:
@@ -354,14 +413,15 @@ def _record(cfg, task, rid, state, ranks, params, elapsed, status, error=None, *
 
 
 def _set_head_dropout(model, p) -> None:
-    """The scripts' classifier dropout: DeBERTa's pooler/classifier dropouts or BERT's classifier dropout."""
+    """The scripts' ``cls_dropout``: the top-level dropout between pooler and classifier, nothing else (AdaLoRA's
+    DeBERTa-v2 code sets only ``self.dropout`` there; the pooler's own dropout stays at ``pooler_dropout``)."""
     if p is None:
         return
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Dropout) and (name.startswith("pooler") or name in ("dropout", "classifier")):
-            module.p = float(p)
-        elif type(module).__name__ == "StableDropout" and name.startswith("pooler"):
-            module.drop_prob = float(p)
+    module = getattr(model, "dropout", None)
+    if isinstance(module, torch.nn.Dropout):
+        module.p = float(p)
+    elif type(module).__name__ == "StableDropout":
+        module.drop_prob = float(p)
 
 
 def _check_writable(results_dir: Path) -> None:
@@ -424,20 +484,12 @@ def _peak_memory_mb() -> dict:
 
 
 def _rewrite_jsonl(path: Path, points: list[dict]) -> None:
-    import json
-
-    from sora.records import _clean, atomic_write_text
-
-    atomic_write_text(path, "".join(json.dumps(_clean(p)) + "\n" for p in points))
+    atomic_write_text(path, "".join(json_line(p) for p in points))
 
 
 def _append_jsonl(path: Path, point: dict) -> None:
-    import json
-
-    from sora.records import _clean
-
     with open(path, "a") as f:
-        f.write(json.dumps(_clean(point)) + "\n")
+        f.write(json_line(point))
 
 
 def _log_to(path: Path) -> logging.Handler:

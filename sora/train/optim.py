@@ -1,26 +1,133 @@
-"""AdamW (fused on CUDA) and the linear warmup + linear decay schedule of the HF scripts."""
+"""Optimizers and learning-rate schedules, each formula selectable and recorded.
+
+* ``adamw``: ``torch.optim.AdamW`` (fused on CUDA): decay first, eps added to the bias-corrected sqrt(v).
+* ``adamw_hf_legacy``: transformers 4.x ``AdamW`` (4.14.1 ``optimization.py:272-372``), which the released
+  SoRA code (``src/util.py:5,61``; ``src/sparse_optimizer.py:1,7``) and the AdaLoRA scripts ran: eps added to
+  sqrt(v) *before* bias correction, both corrections folded into the step size, decoupled decay applied to the
+  *updated* weights. At step 1 its effective eps is ~1/sqrt(1 - beta2) = 32x larger than torch's.
+
+Schedules (linear warmup + linear decay, ``get_linear_schedule_with_warmup``):
+* ``standard``: over the steps the run takes; warmup ``ceil(ratio * steps)`` as the HF Trainer computes it.
+* ``sora_release``: as ``run_glue.py:606,619-621`` of the release: N = int(epochs * n_train / bsz) steps of
+  schedule while the loop runs epochs * ceil(n_train / bsz) (lr 0 for the tail); main warmup ceil(N * ratio)
+  (``TrainingArguments.get_warmup_steps``), gate warmup int(epochs * (n_train / bsz) * ratio) from the unrounded
+  product.
+"""
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
 import torch
 
+from sora.errors import UserError
 
-def build_optimizer(groups: list[dict], betas, device: torch.device) -> torch.optim.AdamW:
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(groups, betas=tuple(betas), fused=fused)
+OPTIMIZERS = ("adamw", "adamw_hf_legacy")
+SCHEDULES = ("standard", "sora_release")
+
+
+class LegacyAdamW(torch.optim.Optimizer):
+    """transformers 4.x ``AdamW``, multi-tensor: the same per-element formula, no host sync.
+
+    The step count stays a Python int per parameter (as in 4.x), so the bias correction is a host float.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0,
+                 correct_bias: bool = True):
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, correct_bias=correct_bias)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            by_step = defaultdict(list)  # params that skipped a step (no grad) keep their own count
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                state["step"] += 1
+                by_step[state["step"]].append(p)
+            for t, params in by_step.items():
+                self._update(group, t, params)
+        return loss
+
+    def _update(self, group: dict, t: int, params: list[torch.Tensor]) -> None:
+        beta1, beta2 = group["betas"]
+        grads = [p.grad for p in params]
+        exp_avg = [self.state[p]["exp_avg"] for p in params]
+        exp_avg_sq = [self.state[p]["exp_avg_sq"] for p in params]
+        torch._foreach_mul_(exp_avg, beta1)
+        torch._foreach_add_(exp_avg, grads, alpha=1.0 - beta1)
+        torch._foreach_mul_(exp_avg_sq, beta2)
+        torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1.0 - beta2)
+        denom = torch._foreach_sqrt(exp_avg_sq)
+        torch._foreach_add_(denom, group["eps"])
+        step_size = group["lr"]
+        if group["correct_bias"]:
+            step_size = step_size * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
+        torch._foreach_addcdiv_(params, exp_avg, denom, value=-step_size)
+        if group["weight_decay"] > 0.0:
+            torch._foreach_add_(params, params, alpha=-group["lr"] * group["weight_decay"])
+
+
+def build_optimizer(groups: list[dict], betas, device: torch.device, kind: str = "adamw") -> torch.optim.Optimizer:
+    """Groups may carry their own ``betas``/``eps`` (the released gate optimizer has its own defaults)."""
+    if kind == "adamw":
+        return torch.optim.AdamW(groups, betas=tuple(betas), fused=device.type == "cuda")
+    if kind == "adamw_hf_legacy":
+        return LegacyAdamW(groups, betas=tuple(betas))
+    raise UserError(f"train.optimizer must be one of {OPTIMIZERS}, got {kind!r}")
 
 
 def warmup_steps(warmup: float, total_steps: int) -> int:
-    """``warmup`` < 1 is a ratio of the total steps, >= 1 a step count (the scripts use both)."""
-    return int(round(warmup * total_steps)) if warmup < 1 else int(warmup)
+    """``warmup`` < 1 is a ratio of the total steps (rounded up, as the HF Trainer does), >= 1 a step count."""
+    return math.ceil(warmup * total_steps) if warmup < 1 else int(warmup)
 
 
-def linear_schedule(optimizer, n_warmup: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Same lambda for every group: gates follow the main schedule from their own base lr."""
+@dataclass(frozen=True)
+class SchedulePlan:
+    """How long the schedule is and where each param group's warmup ends (``gate`` may differ)."""
 
-    def factor(step: int) -> float:
-        if step < n_warmup:
-            return step / max(1, n_warmup)
-        return max(0.0, (total_steps - step) / max(1, total_steps - n_warmup))
+    length: int
+    warmup: int
+    gate_warmup: int
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    def as_dict(self) -> dict:
+        return {"length": self.length, "warmup": self.warmup, "gate_warmup": self.gate_warmup}
+
+
+def schedule_plan(kind: str, warmup: float, run_steps: int, n_train: int, batch_size: int, epochs: float
+                  ) -> SchedulePlan:
+    if kind == "standard":
+        n = warmup_steps(warmup, run_steps)
+        return SchedulePlan(run_steps, n, n)
+    if kind == "sora_release":
+        length = int(epochs * (n_train / batch_size))  # run_glue.py:606
+        gate = int(epochs * (n_train / batch_size) * warmup) if warmup < 1 else int(warmup)  # run_glue.py:620
+        return SchedulePlan(length, warmup_steps(warmup, length), gate)
+    raise UserError(f"train.schedule must be one of {SCHEDULES}, got {kind!r}")
+
+
+def linear_schedule(optimizer, plan: SchedulePlan) -> torch.optim.lr_scheduler.LambdaLR:
+    """One lambda per group: gates follow the main schedule from their own base lr and warmup."""
+
+    def factor(n_warmup: int):
+        def f(step: int) -> float:
+            if step < n_warmup:
+                return step / max(1, n_warmup)
+            return max(0.0, (plan.length - step) / max(1, plan.length - n_warmup))
+
+        return f
+
+    lambdas = [factor(plan.gate_warmup if g.get("name") == "gate" else plan.warmup) for g in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+
+
+def group_lrs(optimizer) -> dict[str, float]:
+    """The lr each named group uses this step (Python floats: no device sync)."""
+    return {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}

@@ -13,7 +13,9 @@ from sora.errors import UserError
 HEAD_POLICIES = {
     "trainable": ["classifier", "pooler"],  # default: the whole head learns
     "classifier": ["classifier"],  # peft's SEQ_CLS default; a DeBERTa pooler stays random
-    "frozen": ["classifier"],  # the released code effectively: head at its (random) init
+    # the release: opendelta's freeze_module leaves classifier, pooler and LayerNorms at their init; listed here
+    # (untrained) so an export carries the very random head the adapter was trained against
+    "frozen": ["classifier", "pooler"],
 }
 
 

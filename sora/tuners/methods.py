@@ -13,7 +13,7 @@ from sora.errors import UserError
 from sora.tuners.heads import apply_head_policy, head_modules_to_save
 from sora.tuners.sora.config import SoraConfig
 from sora.tuners.sora.export import export_pruned_adapter
-from sora.tuners.sora.layer import soft_threshold_
+from sora.tuners.sora.layer import GATE_ATTR, release_prox_, soft_threshold_
 from sora.tuners.sora.model import gate_l1, gate_parameters, get_sora_model, lora_linears, sora_ranks
 from sora.tuners.targets import target_regex
 
@@ -68,7 +68,7 @@ class SoraMethod(Method):
     def __init__(self, base_model, cfg, total_steps: int):
         self.config = SoraConfig(r_max=cfg.r_max, lora_alpha=cfg.lora_alpha, xi=cfg.xi, variant=cfg.variant,
                                  gate_init=cfg.get("gate_init"), l1_coef=cfg.get("l1_coef") or 0.0,
-                                 gate_lr=cfg.get("gate_lr"))
+                                 gate_lr=cfg.get("gate_lr"), prox=cfg.get("prox"))
         super().__init__(get_sora_model(base_model, self.config, targets=cfg.targets, head=cfg.head,
                                         lora_dropout=cfg.lora_dropout))
         self.gates = gate_parameters(self.model)
@@ -78,12 +78,13 @@ class SoraMethod(Method):
         groups = super().param_groups(lr, weight_decay, eps)
         for g in groups:
             g["params"] = [p for p in g["params"] if id(p) not in gate_ids]
-        # the released code gives gates their own AdamW (eps 1e-6, no decay, same schedule); AdamW is
-        # elementwise, so a param group with those settings is the same update in one optimizer
-        gate_eps = 1e-6 if self.config.variant == "code" else eps
-        groups.append({"params": self.gates, "weight_decay": 0.0, "lr": self.config.gate_lr or lr,
-                       "eps": gate_eps, "name": "gate"})
-        return groups
+        gate = {"params": self.gates, "weight_decay": 0.0, "lr": self.config.gate_lr or lr, "eps": eps, "name": "gate"}
+        if self.config.variant == "code":
+            # the released gates have their own SparseAdamW(params, lr) (run_glue.py:618): transformers 4.x AdamW
+            # defaults eps 1e-6, betas (0.9, 0.999), no decay. AdamW is elementwise, so a param group with those
+            # settings (and its own warmup, optim.schedule_plan) is the same update inside one optimizer
+            gate.update(eps=1e-6, betas=(0.9, 0.999))
+        return [*groups, gate]
 
     def extra_loss(self):
         if self.config.l1_coef:
@@ -93,7 +94,8 @@ class SoraMethod(Method):
     def after_optimizer_step(self, step, optimizer):
         gate_group = next(g for g in optimizer.param_groups if g.get("name") == "gate")  # a few groups: cheap
         # the lr this step used: the scheduler has not stepped yet
-        soft_threshold_(self.gates, self.config.threshold(gate_group["lr"]))
+        prox = release_prox_ if self.config.prox == "release" else soft_threshold_
+        prox(self.gates, self.config.threshold(gate_group["lr"]))
 
     def ranks(self):
         return sora_ranks(self.model)
@@ -181,7 +183,7 @@ def build_method(base_model, cfg, total_steps: int) -> Method:
 
 
 def count_params(method: Method, hidden_size: int) -> dict[str, int]:
-    """trainable; retained = sum over modules of kept rank x (in + out), exactly; the released code's formula."""
+    """trainable; retained = sum over modules of kept rank x (in + out), exactly; and the released formula."""
     ranks = method.ranks()
     shapes = {n.removeprefix("base_model.model."): (m.get_base_layer().in_features, m.get_base_layer().out_features)
               for n, m in method.model.named_modules() if isinstance(m, LoraLayer)}
@@ -192,11 +194,26 @@ def count_params(method: Method, hidden_size: int) -> dict[str, int]:
     return {
         "trainable": sum(p.numel() for p in method.model.parameters() if p.requires_grad),
         "retained": retained,
-        "retained_repo_formula": sum(ranks.values()) * 2 * hidden_size,  # assumes hidden x hidden everywhere
+        "retained_repo_formula": repo_sparse_params(method.model, ranks, hidden_size),
         "head": head,
         "total_rank": sum(ranks.values()),
         "max_rank": len(ranks) * _rank_cap(method),
     }
+
+
+def repo_sparse_params(model, ranks: dict[str, int], hidden_size: int) -> int:
+    """The release's ``compute_trainable_sparse_param`` (``src/util.py:8-21``): every trainable non-gate numel,
+    minus 2 * hidden per zero gate entry (as if every adapted map were hidden x hidden). For SoRA the zero
+    entries are the gate size minus the kept ranks; without gates it is simply the trainable count."""
+    gate_numel = non_gate = 0
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            if GATE_ATTR in name:
+                gate_numel += p.numel()
+            else:
+                non_gate += p.numel()
+    zeros = gate_numel - sum(ranks.values()) if gate_numel else 0
+    return non_gate - zeros * 2 * hidden_size
 
 
 def _rank_cap(method: Method) -> int:

@@ -8,6 +8,7 @@ from sora.errors import UserError
 
 VARIANTS = ("paper", "code")
 GATE_INITS = ("ones", "randn")
+PROXES = ("textbook", "release")
 
 
 @dataclass
@@ -16,8 +17,13 @@ class SoraConfig:
 
     ``variant`` picks between the paper's text and the released code (TsinghuaC3I/SoRA @ c275ac2):
 
-    * ``paper`` - threshold tau = lr_t * xi, no extra loss term, gate init ``gate_init`` (ones).
-    * ``code``  - threshold tau = xi every step, loss += l1_coef * sum|g| / numel(g), gate init N(0, 1).
+    * ``paper`` - threshold tau = lr_t * xi, no extra loss term, gate init ``gate_init`` (ones), the textbook
+      soft threshold g <- sign(g) max(|g| - tau, 0).
+    * ``code``  - threshold tau = xi every step, loss += l1_coef * sum|g| / numel(g), gate init N(0, 1), the
+      release's three-mask prox (every |g| < 2 xi -> 0; ``release_prox_``), the gates' own AdamW defaults
+      (eps 1e-6, betas (0.9, 0.999), no decay).
+
+    ``prox`` (``textbook`` | ``release``) defaults to the variant's formula; it is recorded either way.
     """
 
     r_max: int = 8
@@ -27,6 +33,7 @@ class SoraConfig:
     gate_init: str | None = None  # None = the variant's default
     l1_coef: float = 0.0
     gate_lr: float | None = None  # None = the main learning rate
+    prox: str | None = None  # None = the variant's formula
 
     def __post_init__(self):
         if not isinstance(self.r_max, int) or isinstance(self.r_max, bool) or self.r_max <= 0:
@@ -39,6 +46,10 @@ class SoraConfig:
             self.gate_init = "ones" if self.variant == "paper" else "randn"
         if self.gate_init not in GATE_INITS:
             raise UserError(f"method.gate_init must be one of {GATE_INITS}, got {self.gate_init!r}")
+        if self.prox is None:
+            self.prox = "textbook" if self.variant == "paper" else "release"
+        if self.prox not in PROXES:
+            raise UserError(f"method.prox must be one of {PROXES}, got {self.prox!r}; or leave it null")
         if self.l1_coef < 0:
             raise UserError(f"method.l1_coef must be >= 0, got {self.l1_coef}")
         if self.variant == "paper":

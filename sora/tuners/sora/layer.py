@@ -86,3 +86,21 @@ def soft_threshold_(gates: list[torch.Tensor], tau: float) -> None:
     torch._foreach_clamp_min_(mags, 0.0)
     torch._foreach_mul_(mags, signs)
     torch._foreach_copy_(gates, mags)
+
+
+@torch.no_grad()
+def release_prox_(gates: list[torch.Tensor], lam: float) -> None:
+    """The released prox (TsinghuaC3I/SoRA @ c275ac2, ``src/sparse_optimizer.py:116-119``), with device ops.
+
+    The release runs three in-place masks in sequence: ``p[p > lam] -= lam; p[p < -lam] += lam;
+    p[abs(p) < lam] = 0``. The first two touch disjoint entries, so both read the original value; the third
+    sees the shifted one. Hence every |g| < 2*lam ends at 0, |g| > 2*lam moves lam toward 0, and |g| == lam is
+    kept as is. Boolean-mask indexing syncs the host on CUDA; ``torch.where`` on one flat copy of all gates
+    (one cat, a few elementwise ops, one multi-tensor copy back) gives the same floats without a sync.
+    """
+    if lam <= 0 or not gates:
+        return
+    flat = torch.cat([g.reshape(-1) for g in gates])
+    shifted = torch.where(flat > lam, flat - lam, torch.where(flat < -lam, flat + lam, flat))
+    out = torch.where(shifted.abs() < lam, torch.zeros_like(shifted), shifted)
+    torch._foreach_copy_(gates, [o.view_as(g) for o, g in zip(out.split([g.numel() for g in gates]), gates)])
