@@ -40,6 +40,12 @@ reproduce: $(VENV)/.installed ## paper settings for one task: SoRA, LoRA, AdaLoR
 	$(PY) scripts/train.py -m experiment=paper_table1 task=$(TASK) results_dir=$(RESULTS) $(if $(DATA),data.dir=$(DATA),) $(ARGS)
 	$(PY) scripts/aggregate.py --results $(RESULTS) --tasks $(TASK)
 
+controlled: $(VENV)/.installed ## one shared recipe for every method + the two controls, then the table (TASK=cola)
+	$(PY) scripts/train.py -m experiment=controlled_table1 task=$(TASK) results_dir=$(RESULTS)/controlled $(if $(DATA),data.dir=$(DATA),) $(ARGS)
+	$(PY) scripts/train.py -m experiment=controlled_table1 task=$(TASK) method=sora method.xi=0 results_dir=$(RESULTS)/controlled $(if $(DATA),data.dir=$(DATA),) $(ARGS)
+	$(PY) scripts/train.py -m experiment=controlled_table1 task=$(TASK) method=lora method.rank_pattern_from=sora results_dir=$(RESULTS)/controlled $(if $(DATA),data.dir=$(DATA),) $(ARGS)
+	$(PY) scripts/aggregate.py --results $(RESULTS)/controlled --tasks $(TASK)
+
 tables: $(VENV)/.installed ## render tables and plots from every record under RESULTS (make tables RESULTS=results/smoke)
 	$(PY) scripts/aggregate.py --results $(RESULTS)
 
@@ -57,4 +63,4 @@ slurm-selftest: $(VENV)/.installed ## start a real one-node Slurm (root) and run
 notebooks: $(VENV)/.installed ## open the results notebooks (RESULTS_DIR in their first cell)
 	$(VENV)/bin/jupyter lab notebooks/
 
-.PHONY: help install demo test lint train smoke reproduce tables notebooks bench minilm-table slurm-selftest
+.PHONY: help install demo test lint train smoke reproduce controlled tables notebooks bench minilm-table slurm-selftest

@@ -8,6 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sora.errors import UserError  # noqa: E402
 from sora.results import (  # noqa: E402
     load_records,
     plot_rank_heatmaps,
@@ -22,9 +23,16 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default="results", help="folder holding records/ (searched recursively)")
     ap.add_argument("--out", default=None, help="where tables/ and plots/ go (default: --results)")
     ap.add_argument("--tasks", nargs="*", default=None)
-    ap.add_argument("--seeds", nargs="*", type=int, default=None, help="expected seeds (flag missing ones)")
+    ap.add_argument("--seeds", nargs="*", type=int, default=None,
+                    help="expected seeds (default: the seeds of the sweep that produced each run)")
+    ap.add_argument("--pool-code", action="store_true",
+                    help="pool runs made by different code commits / package versions into one row")
     args = ap.parse_args(argv)
-    records = load_records(args.results)
+    try:
+        records = load_records(args.results, pool_code=args.pool_code)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     out = Path(args.out or args.results)
     for path, why in records.problems:
         print(f"not counted: {path}: {why}")

@@ -21,23 +21,45 @@ from omegaconf import OmegaConf
 from sora.errors import UserError
 
 SCHEMA_VERSION = 1
-# keys that do not change what is computed: two runs differing only here are the same run
-NON_IDENTITY_KEYS = ("results_dir", "logger", "progress", "train.save_steps", "data.dir", "hydra")
+# keys that only say where and how a run is launched or watched: they never change its numbers
+LAUNCH_ONLY_KEYS = ("results_dir", "logger", "progress", "train.save_steps", "train.save_minutes", "train.log_steps",
+                    "hydra")
 
 
-def run_id(cfg) -> str:
-    """``<task>-<method>-<model>-s<seed>-<hash>``: the same resolved config always maps to the same place."""
-    container = OmegaConf.to_container(cfg, resolve=True)
+def identity(cfg, data_fingerprint: str | None = None) -> dict:
+    """Everything that changes a run's numbers: the resolved config without launch-only keys, with the data
+    folder replaced by a fingerprint of the data it holds (two folders with the same files are one run; the
+    hub sample and the full hub split are two)."""
+    container = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
     if (container.get("scheduler") or {}).get("name", "none") == "none":
-        container.pop("scheduler", None)  # the default adds nothing: ids of ordinary runs stay as they were
-    for key in NON_IDENTITY_KEYS:
+        container.pop("scheduler", None)  # the default adds nothing
+    for key in LAUNCH_ONLY_KEYS:
         parent, _, leaf = key.rpartition(".")
         node = container
         for part in filter(None, parent.split(".")):
             node = node.get(part, {})
         if isinstance(node, dict):
             node.pop(leaf, None)
-    digest = hashlib.sha1(json.dumps(container, sort_keys=True).encode()).hexdigest()[:10]
+    data = dict(container.get("data") or {})
+    if data_fingerprint is None:
+        data_fingerprint = _fingerprint_for(container)
+    data.pop("dir", None)
+    data["fingerprint"] = data_fingerprint
+    container["data"] = data
+    return container
+
+
+def _fingerprint_for(container: dict) -> str:
+    from sora.data.glue import data_fingerprint
+    from sora.data.tasks import get_task
+
+    data = container.get("data") or {}
+    return data_fingerprint(get_task(container["task"]["name"]), data.get("dir"), data.get("revision"))
+
+
+def run_id(cfg, data_fingerprint: str | None = None) -> str:
+    """``<task>-<method>-<model>-s<seed>-<hash>``: the same identity always maps to the same place."""
+    digest = hashlib.sha1(json.dumps(identity(cfg, data_fingerprint), sort_keys=True).encode()).hexdigest()[:10]
     return f"{cfg.task.name}-{cfg.method.name}-{cfg.model.name}-s{cfg.seed}-{digest}"
 
 

@@ -67,6 +67,18 @@ CASES = {
                                "AdaLoRA needs tinit + tfinal < total steps"),
     "head_unknown": (["method.head=random"], "method.head must be one of"),
     "targets_unknown": (["method.targets=qkv"], "method.targets must be one of"),
+    "adalora_init_r_negative": (["method=adalora", "method.init_r=-2"], "method.init_r must be a positive integer"),
+    "adalora_target_above_init": (["method=adalora", "method.target_r=16"], "method.target_r (16) must be <="),
+    "adalora_delta_t_zero": (["method=adalora", "method.deltaT=0"], "method.deltaT must be a positive integer"),
+    "adalora_beta_one": (["method=adalora", "method.beta1=1.5"], "method.beta1 must be in [0, 1)"),
+    "adalora_orth_negative": (["method=adalora", "method.orth_reg_weight=-1"], "method.orth_reg_weight must be >= 0"),
+    "adalora_tfinal_float": (["method=adalora", "method.tfinal=2.5"], "method.tfinal must be an integer >= 0"),
+    "lora_r_zero": (["method=lora", "method.r=0"], "method.r must be a positive integer"),
+    "lora_alpha_negative": (["method=lora", "method.lora_alpha=-16"], "method.lora_alpha must be > 0"),
+    "lora_dropout_one": (["method=lora", "method.lora_dropout=1.0"], "method.lora_dropout must be in [0, 1)"),
+    "optimizer_unknown": (["train.optimizer=sgd"], "train.optimizer must be one of adamw, adamw_hf_legacy"),
+    "schedule_unknown": (["train.schedule=cosine"], "train.schedule must be one of standard, sora_release"),
+    "prox_unknown": (["method.prox=hard"], "method.prox must be one of"),
 }
 
 
@@ -193,3 +205,21 @@ def test_one_failing_run_does_not_stop_a_local_sweep(tmp_path):
     assert len(errors) == 2 and "AdaLoRA needs tinit + tfinal" in errors[0]
     assert "1 run(s) of this sweep failed" in errors[1]
     assert len(list(tmp_path.glob("records/*/record.json"))) == 1
+
+
+def test_a_run_whose_selection_metric_is_nan_everywhere_ends_failed(tmp_path, capsys, monkeypatch):
+    from sora.records import read_record
+    from sora.train import loop
+
+    real = loop._evaluate_all
+
+    def nan_selection(*args, **kwargs):
+        point = real(*args, **kwargs)
+        point["select"] = {k: float("nan") for k in point["select"]}
+        return point
+
+    monkeypatch.setattr(loop, "_evaluate_all", nan_selection)
+    code, err = _cli(_base(tmp_path), tmp_path, capsys)
+    _assert_one_line(code, err, "was NaN at every evaluation")
+    record = read_record(next(Path(tmp_path, "res").glob("records/*/record.json")))
+    assert record["status"] == "failed" and "NaN at every evaluation" in record["error"] and record["best"] is None

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from sora.config import CONF_DIR, load_config
 from sora.records import read_record, run_id
-from tests.conftest import ROOT
+from tests.conftest import GLUE_FIXTURE, ROOT
 
 TRAIN = [sys.executable, str(ROOT / "scripts" / "train.py")]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -43,11 +43,27 @@ def test_smoke_sweep_leaves_six_records_and_a_rerun_adds_none(tmp_path):
 def test_run_id_follows_the_config_not_the_clock_or_paths():
     a = load_config(["task=cola", "method=sora", "seed=1"])
     b = load_config(["task=cola", "method=sora", "seed=1", "results_dir=/elsewhere", "progress=false",
-                     "train.save_steps=7"])
+                     "train.save_steps=7", "train.log_steps=3", "logger=wandb"])
     c = load_config(["task=cola", "method=sora", "seed=1", "method.xi=0.5"])
     assert run_id(a) == run_id(b)
     assert run_id(a) != run_id(c)
     assert run_id(a).startswith("cola-sora-minilm-s1-")
+
+
+def test_run_id_follows_the_data_read_not_the_folder_name(tmp_path):
+    """Stale reuse: SST-2 on the 8,000-row sample and on other rows must be two runs; a copy of the same
+    files elsewhere is the same run; the hub's revision is part of the id."""
+    same, other = tmp_path / "same", tmp_path / "other"
+    shutil.copytree(GLUE_FIXTURE, same)
+    shutil.copytree(GLUE_FIXTURE, other)
+    path = other / "cola" / "train.tsv.gz"
+    import gzip
+
+    rows = gzip.decompress(path.read_bytes()).decode().splitlines()
+    path.write_bytes(gzip.compress(("\n".join(rows[:-1]) + "\n").encode()))  # one row fewer
+    ids = {d: run_id(load_config(["task=cola", f"data.dir={d}"])) for d in (GLUE_FIXTURE, same, other)}
+    assert ids[GLUE_FIXTURE] == ids[same] != ids[other]
+    assert run_id(load_config(["task=cola"])) != run_id(load_config(["task=cola", "data.revision=abc123"]))
 
 
 def test_hparams_follow_task_and_method_and_the_command_line_wins():

@@ -83,3 +83,46 @@ def test_adalora_budget_really_shrinks(tiny_overrides):
     total = sum(record["ranks"].values())
     assert total < 12 * 12  # init_r 12 on 12 modules
     assert total == 8 * 12  # target_r 8: the final budget
+
+
+@pytest.mark.slow
+def test_adalora_ranks_follow_the_budget_mask_and_the_export_is_the_best_steps_allocation(tiny_overrides, tmp_path):
+    """The issue's case (deltaT 2: non-zero E counts read 107, 144, 96, 144 as Adam revived masked entries): ranks
+    come from the allocator's mask, evaluation sees the masked model, and the adapter exported from the best
+    checkpoint carries that checkpoint's own allocation and reproduces its metrics in stock peft."""
+    import contextlib
+
+    import torch
+
+    cfg = load_config(["task=mrpc", "method=adalora", *tiny_overrides, "train.max_steps=40", "train.eval_steps=7",
+                       "method.tinit=4", "method.tfinal=10", "method.deltaT=2", "method.ref_steps=null"])
+    record = train(cfg)
+    totals = [e["total_rank"] for e in record["evals"]]
+    # budget: cubic from 144 down to the 96 target between tinit and total - tfinal; then fixed at 96
+    assert totals[0] <= 144 and all(b <= a for a, b in zip(totals, totals[1:])) and totals[-1] == 96, totals
+    assert any(96 < t < 144 for t in totals), totals  # evaluated mid-budgeting, where revivals used to show
+    best = next(e for e in record["evals"] if e["step"] == record["best"]["step"])
+    assert sum(record["ranks"].values()) == best["total_rank"]
+    adapter = Path(record_dir(cfg, record)) / "adapter"
+    pattern = json.loads((adapter / "adapter_config.json").read_text())["rank_pattern"]
+    assert (144 if pattern is None else sum(sum(m) for m in pattern.values())) == best["total_rank"]
+    # stock peft: the same seeded backbone, the exported adapter, the report split -> the record's best metrics
+    from peft import PeftModel
+
+    from sora.data.batching import encode
+    from sora.data.glue import protocol_splits
+    from sora.data.tasks import get_task
+    from sora.models import load_model, load_tokenizer
+    from sora.train.evaluate import evaluate
+
+    task = get_task("mrpc")
+    model = PeftModel.from_pretrained(load_model(cfg.model, 2, cfg.seed), str(adapter)).eval()
+    dev = encode(protocol_splits(task, cfg.data.dir, "best_on_dev")["report/validation"], task,
+                 load_tokenizer(cfg.model), cfg.data.max_len)
+    metrics = evaluate(model, dev, task, 64, load_tokenizer(cfg.model).pad_token_id, torch.device("cpu"),
+                       contextlib.nullcontext)
+    assert metrics == pytest.approx(record["best"]["metrics"]["validation"])
+
+
+def record_dir(cfg, record):
+    return Path(cfg.results_dir) / "records" / record["run_id"]

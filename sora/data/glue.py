@@ -6,6 +6,7 @@ read with csv quoting (never QUOTE_NONE) and ``keep_default_na=False`` so "NA" s
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,31 @@ SELECT_SEED = 42  # the released code splits dev / holds out train with seed 42,
 HELDOUT_TRAIN = 1000
 
 
-def read_split(task: Task, split: str, data_dir: str | None) -> pd.DataFrame:
-    df = _read_local(task, split, data_dir) if data_dir else _read_hub(task, split)
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def data_fingerprint(task: Task, data_dir: str | None, revision: str | None = None) -> str:
+    """What the run reads, as a short hash: the content of the task's split files, or the hub dataset and
+    revision. A run on other data gets another run id, so it never reuses a stale result."""
+    if not data_dir:
+        return f"hub:{HUB_DATASET}/{task.source}@{revision or 'main'}"
+    files = []
+    for split in ("train", *task.dev_splits):
+        path = next((Path(data_dir) / task.source / f"{split}{ext}" for ext in (".tsv.gz", ".tsv")
+                     if (Path(data_dir) / task.source / f"{split}{ext}").exists()), None)
+        files.append((split, path))
+    key = tuple((s, str(p), p.stat().st_mtime_ns, p.stat().st_size) if p else (s, None) for s, p in files)
+    if key not in _FINGERPRINTS:
+        digest = hashlib.sha256()
+        for split, path in files:
+            digest.update(split.encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest() if path else b"missing")
+        _FINGERPRINTS[key] = "files:" + digest.hexdigest()[:16]
+    return _FINGERPRINTS[key]
+
+
+def read_split(task: Task, split: str, data_dir: str | None, revision: str | None = None) -> pd.DataFrame:
+    df = _read_local(task, split, data_dir) if data_dir else _read_hub(task, split, revision)
     return validate(df, task, split)
 
 
@@ -38,11 +62,11 @@ def _read_local(task: Task, split: str, data_dir: str) -> pd.DataFrame:
                     f"add it or drop data.dir to load {HUB_DATASET} from the hub")
 
 
-def _read_hub(task: Task, split: str) -> pd.DataFrame:
+def _read_hub(task: Task, split: str, revision: str | None = None) -> pd.DataFrame:
     try:
         import datasets
 
-        ds = datasets.load_dataset(HUB_DATASET, task.source, split=split)
+        ds = datasets.load_dataset(HUB_DATASET, task.source, split=split, revision=revision)
     except Exception as exc:  # hub/network errors come in many types
         raise UserError(f"cannot load {HUB_DATASET}/{task.source} split {split!r} from the hub "
                         f"({type(exc).__name__}); offline, set data.dir=<folder of GLUE TSVs>") from None
@@ -82,7 +106,8 @@ def released_order(n: int) -> np.ndarray:
     return torch.randperm(n, generator=generator).numpy()
 
 
-def protocol_splits(task: Task, data_dir: str | None, protocol: str) -> dict[str, pd.DataFrame]:
+def protocol_splits(task: Task, data_dir: str | None, protocol: str, revision: str | None = None
+                    ) -> dict[str, pd.DataFrame]:
     """{'train', 'select', 'report/<dev split>'...} for an evaluation protocol.
 
     * ``best_on_dev``: select and report on the full dev set(s) (how LoRA/AdaLoRA were reported).
@@ -94,12 +119,12 @@ def protocol_splits(task: Task, data_dir: str | None, protocol: str) -> dict[str
     """
     if protocol not in ("best_on_dev", "sora_split"):
         raise UserError(f"eval.protocol must be best_on_dev or sora_split, got {protocol!r}")
-    train = read_split(task, "train", data_dir)
+    train = read_split(task, "train", data_dir, revision)
     if protocol == "best_on_dev":
-        devs = {s: read_split(task, s, data_dir) for s in task.dev_splits}
+        devs = {s: read_split(task, s, data_dir, revision) for s in task.dev_splits}
         return {"train": train, "select": devs[task.dev_splits[0]], **{f"report/{s}": d for s, d in devs.items()}}
     dev_name = task.dev_splits[0]
-    dev = read_split(task, dev_name, data_dir)
+    dev = read_split(task, dev_name, data_dir, revision)
     if task.large:
         order = released_order(len(train))
         return {"train": _rows(train, order[HELDOUT_TRAIN:]), "select": _rows(train, order[:HELDOUT_TRAIN]),

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sora.results.load import Records, curve_frame, rank_frame  # noqa: E402
+from sora.results.load import Records, curve_frame, method_label, rank_frame  # noqa: E402
 from sora.tuners.targets import MATRIX_TYPES  # noqa: E402
 
 
@@ -113,6 +113,6 @@ def plot_sparsify_curves(records: Records, task: str, out_dir: str | Path):
 
 def plot_record_ranks(record: dict, out_dir: str | Path) -> Path | None:
     """The rank heatmap of one run (for trackers and quick looks)."""
-    one = Records(frame=None, raw={record["run_id"]: record})
+    one = Records(frame=None, raw={record["run_id"]: record}, labels={record["run_id"]: method_label(record)})
     paths = plot_rank_heatmaps(one, record["task"], out_dir, methods=(record["method"],))
     return paths[0] if paths else None

@@ -25,11 +25,20 @@ import torch
 from omegaconf import OmegaConf
 
 from sora.data.batching import collate, encode, train_batches
-from sora.data.glue import SELECT_SEED, protocol_splits
+from sora.data.glue import SELECT_SEED, data_fingerprint, protocol_splits
 from sora.data.tasks import get_task
 from sora.errors import UserError
 from sora.models import load_model, load_tokenizer
-from sora.records import CorruptRecord, RunLock, atomic_write_text, json_line, read_record, run_id, write_record
+from sora.records import (
+    CorruptRecord,
+    RunLock,
+    atomic_write_text,
+    identity,
+    json_line,
+    read_record,
+    run_id,
+    write_record,
+)
 from sora.tracking import make_tracker, ranks_by_matrix
 from sora.train.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
 from sora.train.evaluate import evaluate
@@ -37,6 +46,7 @@ from sora.train.optim import OPTIMIZERS, SCHEDULES, group_lrs, schedule_plan
 from sora.train.sparsify import Stage, normalise_curve, stage_plan
 from sora.train.step import make_optimizer_and_schedule, run_length, run_schedule, train_step
 from sora.tuners.methods import build_method, count_params
+from sora.tuners.rank_source import sora_rank_pattern
 
 log = logging.getLogger("sora")
 MEMORIZATION_ROWS = 1000  # the fixed shuffled train subset the scheduler measures memorization on
@@ -67,7 +77,8 @@ def train(cfg) -> dict | None:
     """Run (or resume, or skip) the run this config names; return its record (None if another process has it)."""
     validate_config(cfg)
     task = get_task(cfg.task.name)
-    rid = run_id(cfg)
+    fingerprint = data_fingerprint(task, cfg.data.dir, cfg.data.get("revision"))
+    rid = run_id(cfg, fingerprint)
     run_dir = Path(cfg.results_dir) / "records" / rid
     _check_writable(Path(cfg.results_dir))
     with RunLock(run_dir) as lock:
@@ -121,9 +132,12 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path, tracker) -> dict
     log.info("run %s on %s, precision %s", rid, device, cfg.train.precision)
 
     setup = _prepare(cfg, task)
+    extra = {}
+    if cfg.method.get("rank_pattern_from"):  # the LoRA control with the ranks a SoRA run kept
+        extra["rank_pattern"] = sora_rank_pattern(cfg, data_fingerprint(task, cfg.data.dir, cfg.data.get("revision")))
     base = load_model(cfg.model, task.num_labels, cfg.seed)
     _set_head_dropout(base, cfg.train.get("cls_dropout"))
-    method = build_method(base, cfg.method, setup.total_steps)
+    method = build_method(base, cfg.method, setup.total_steps, **extra)
     model = method.model.to(device)
     hidden = model.base_model.model.config.hidden_size
 
@@ -149,12 +163,17 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path, tracker) -> dict
         raise UserError(f"{exc}; the record is marked failed at {record_path}; lower train.lr or use "
                         f"train.precision=fp32") from None
     run.progress.close()
+    if state["best"] is None:
+        why = f"the selection metric {task.select_metric} was NaN at every evaluation (constant predictions?)"
+        write_record(record_path, _record(cfg, task, rid, state, None, None, time.time() - t0, status="failed",
+                                          error=why))
+        raise UserError(f"{why}; the record is marked failed at {record_path}; try another train.lr or more steps")
     return _finish(cfg, task, rid, run_dir, record_path, setup, method, model, device, hidden, tracker, state, t0)
 
 
 def _prepare(cfg, task) -> Setup:
     tokenizer = load_tokenizer(cfg.model)
-    splits = protocol_splits(task, cfg.data.dir, cfg.eval.protocol)
+    splits = protocol_splits(task, cfg.data.dir, cfg.eval.protocol, cfg.data.get("revision"))
     data = {name: encode(df, task, tokenizer, cfg.data.max_len) for name, df in splits.items()}
     n_train = len(data["train"])
     steps_per_epoch, total_steps = run_length(cfg.train, n_train)
@@ -261,7 +280,8 @@ class _Training:
         """Evaluate every split now; a point of the run's history (and of the scheduler's curve)."""
         cfg, task, method, state = self.cfg, self.task, self.method, self.state
         s = self.setup
-        point = _evaluate_all(cfg, task, self.model, s.data, s.pad_id, s.pad_to, self.device, self.autocast)
+        with method.eval_context():
+            point = _evaluate_all(cfg, task, self.model, s.data, s.pad_id, s.pad_to, self.device, self.autocast)
         ranks = method.ranks()
         point.update(step=self.step, epoch=self.step / s.steps_per_epoch, stage=stage.index, lr=lrs,
                      loss=state.get("last_loss"), total_rank=sum(ranks.values()),
@@ -283,10 +303,11 @@ class _Training:
         _append_jsonl(self.run_dir / "metrics.jsonl", point)
         value = point["select"][select_key]
         best = state["best"]
-        if stage.index == 0 and (best is None or _better(value, best["select"][select_key])):
+        if stage.index == 0 and _better(value, None if best is None else best["select"][select_key]):
             state["best"] = point
             state["best_weights"] = {n: p.detach().cpu().clone()
                                      for n, p in self.model.named_parameters() if p.requires_grad}
+            state["best_method_state"] = self.method.snapshot()  # e.g. AdaLoRA's budget mask at that step
         log.info("step %d (stage %d): select %s=%.4f report %s ranks %d", self.step, stage.index, select_key,
                  float("nan") if value is None else value, point["report"], point["total_rank"])
 
@@ -309,6 +330,7 @@ def _finish(cfg, task, rid, run_dir, record_path, setup, method, model, device, 
                               "stage_steps": [s.end - s.start for s in setup.plan]}
     if state["best_weights"] is not None:
         _load_weights(model, state["best_weights"], device)
+        method.restore_snapshot(state.get("best_method_state"))
     ranks = method.ranks()
     params = count_params(method, hidden)
     adapter_dir = run_dir / "adapter"
@@ -318,7 +340,10 @@ def _finish(cfg, task, rid, run_dir, record_path, setup, method, model, device, 
     elapsed = state["elapsed"] + time.time() - t0
     record = _record(cfg, task, rid, state, ranks, params, elapsed, status="finished",
                      schedule=getattr(method, "schedule", None), total_steps=setup.total_steps,
-                     n_warmup=setup.schedule.warmup, formulas=formulas(cfg, method, setup), **extra)
+                     n_warmup=setup.schedule.warmup, formulas=formulas(cfg, method, setup),
+                     data={"fingerprint": data_fingerprint(task, cfg.data.dir, cfg.data.get("revision")),
+                           "rows": {name: len(d) for name, d in setup.data.items()}},
+                     runtime=runtime(cfg, device), **extra)
     write_record(record_path, record)
     shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)  # finished: only the record and adapter are kept
     if tracker.active:
@@ -338,6 +363,28 @@ def formulas(cfg, method, setup: Setup) -> dict:
         out.update(prox=sora_cfg.prox, threshold="xi" if sora_cfg.variant == "code" else "lr*xi",
                    l1_coef=sora_cfg.l1_coef, gate_init=sora_cfg.gate_init)
     return out
+
+
+def runtime(cfg, device: torch.device) -> dict:
+    """What actually ran (``device=auto`` hides it): tables treat a difference here like a config difference."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or
+                                                                              platform.machine())
+    return {"device": device.type, "device_name": name, "precision": cfg.train.precision,
+            "tf32": bool(device.type == "cuda" and cfg.train.tf32), "eval_batch_size": cfg.eval.batch_size,
+            "torch_threads": torch.get_num_threads()}
+
+
+def sweep_info() -> dict | None:
+    """The experiment and seed list of the Hydra multirun this run belongs to (the seeds a table expects)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+    except Exception:  # not under Hydra's CLI
+        return None
+    seeds = (hc.sweeper.get("params") or {}).get("seed")
+    return {"experiment": hc.runtime.choices.get("experiment"),
+            "seeds": [int(s) for s in str(seeds).split(",")] if seeds is not None else None}
 
 
 def _backbone_name(cfg) -> str:
@@ -392,6 +439,8 @@ def _record(cfg, task, rid, state, ranks, params, elapsed, status, error=None, *
         "variant": cfg.method.get("variant"),
         "protocol": cfg.eval.protocol,
         "config": OmegaConf.to_container(cfg, resolve=True),
+        "identity": identity(cfg, data_fingerprint(task, cfg.data.dir, cfg.data.get("revision"))),
+        "sweep": sweep_info(),
         "versions": _versions(),
         "git": _git(),
         "evals": state["evals"],

@@ -5,6 +5,10 @@ LoRA and AdaLoRA are peft's own implementations, configured, never rewritten.
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import re
+
 import torch
 from peft import AdaLoraConfig, LoraConfig, TaskType, get_peft_model
 from peft.tuners.lora.layer import LoraLayer
@@ -61,6 +65,17 @@ class Method:
     def load_extra_state(self, state: dict) -> None:
         pass
 
+    def snapshot(self):
+        """Method state that belongs with a set of weights (kept beside the best checkpoint)."""
+        return None
+
+    def restore_snapshot(self, snap) -> None:
+        pass
+
+    def eval_context(self):
+        """Evaluate the model as it would be exported (AdaLoRA: under its budget mask)."""
+        return contextlib.nullcontext()
+
 
 class SoraMethod(Method):
     name = "sora"
@@ -107,15 +122,27 @@ class SoraMethod(Method):
 class LoraMethod(Method):
     name = "lora"
 
-    def __init__(self, base_model, cfg, total_steps: int):
+    def __init__(self, base_model, cfg, total_steps: int, rank_pattern: dict[str, int] | None = None):
+        """``rank_pattern`` (module -> rank, e.g. what a SoRA run kept): a plain LoRA with those ranks, modules
+        at rank 0 left out, every module at LoRA's configured scale alpha / r (SoRA's alpha / r_max)."""
+        targets, extra = target_regex(cfg.targets), {}
+        if rank_pattern is not None:
+            kept = {n: r for n, r in rank_pattern.items() if r > 0}
+            scale = cfg.lora_alpha / cfg.r
+            targets = sorted(kept)
+            extra = {"rank_pattern": {re.escape(n): r for n, r in kept.items()},
+                     "alpha_pattern": {re.escape(n): r * scale for n, r in kept.items()}}
         config = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.r, lora_alpha=cfg.lora_alpha,
-                            lora_dropout=cfg.lora_dropout, target_modules=target_regex(cfg.targets),
-                            modules_to_save=head_modules_to_save(cfg.head))
+                            lora_dropout=cfg.lora_dropout, target_modules=targets,
+                            modules_to_save=head_modules_to_save(cfg.head), **extra)
         super().__init__(get_peft_model(base_model, config))
         apply_head_policy(self.model, cfg.head)
         self.r = cfg.r
+        self.rank_pattern = rank_pattern
 
     def ranks(self):
+        if self.rank_pattern is not None:
+            return {name: self.rank_pattern[name] for name, _ in lora_linears(self.model)}
         return {name: self.r for name, _ in lora_linears(self.model)}
 
 
@@ -131,20 +158,50 @@ class AdaLoraMethod(Method):
                                orth_reg_weight=cfg.orth_reg_weight, total_step=total_steps)
         super().__init__(get_peft_model(base_model, config))
         apply_head_policy(self.model, cfg.head)
+        self.init_r = cfg.init_r
         self.schedule = {"tinit": tinit, "tfinal": tfinal, "deltaT": delta_t, "total_step": total_steps}
 
     def after_optimizer_step(self, step, optimizer):
         # peft #1801: the HF Trainer never calls this, and then ranks stay at init_r
         self.model.base_model.update_and_allocate(step)
 
-    @torch.no_grad()
     def ranks(self):
-        out = {}
+        """Kept ranks from the budget mask (``rank_pattern``), not from non-zero E entries: between two mask steps
+        Adam revives masked entries, which the next mask step (and the export) drops again."""
+        pattern = self.model.peft_config["default"].rank_pattern
+        if not pattern:  # before the first mask step every rank is kept
+            return {name: self.init_r for name, _ in self._e_modules()}
+        return {key.removeprefix("base_model.model.").split(".lora_E")[0]: int(sum(mask))
+                for key, mask in pattern.items()}
+
+    def _e_modules(self):
         for name, module in self.model.named_modules():
             if isinstance(module, LoraLayer) and hasattr(module, "lora_E") and "default" in module.lora_E:
-                short = name.removeprefix("base_model.model.")
-                out[short] = int(torch.count_nonzero(module.lora_E["default"]))
-        return out
+                yield name.removeprefix("base_model.model."), module
+
+    def snapshot(self):
+        return copy.deepcopy(self.model.peft_config["default"].rank_pattern)
+
+    def restore_snapshot(self, snap) -> None:
+        """The best checkpoint's own allocation: counted and exported with its weights."""
+        self.model.peft_config["default"].rank_pattern = copy.deepcopy(snap)
+        if snap:
+            self.model.base_model.rankallocator.mask_using_rank_pattern(self.model.base_model.model, snap)
+
+    @contextlib.contextmanager
+    def eval_context(self):
+        pattern = self.model.peft_config["default"].rank_pattern
+        if not pattern:
+            yield
+            return
+        e = [m.lora_E["default"] for _, m in self._e_modules()]
+        saved = [p.detach().clone() for p in e]
+        self.model.base_model.rankallocator.mask_using_rank_pattern(self.model.base_model.model, pattern)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(e, saved)
 
     def extra_state(self):
         ra = self.model.base_model.rankallocator
@@ -176,10 +233,38 @@ def adalora_schedule(cfg, total_steps: int) -> tuple[int, int, int]:
 METHODS = {"sora": SoraMethod, "lora": LoraMethod, "adalora": AdaLoraMethod}
 
 
-def build_method(base_model, cfg, total_steps: int) -> Method:
+def build_method(base_model, cfg, total_steps: int, **extra) -> Method:
     if cfg.name not in METHODS:
         raise UserError(f"unknown method {cfg.name!r}; valid: {', '.join(METHODS)}")
-    return METHODS[cfg.name](base_model, cfg, total_steps)
+    validate_method_config(cfg)
+    return METHODS[cfg.name](base_model, cfg, total_steps, **extra)
+
+
+# key -> (check, what it must be, an example); peft's own errors for these are tracebacks
+_POSITIVE_INT = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer")
+_NONNEG_INT = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0")
+_POSITIVE = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "> 0")
+_NONNEG = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, ">= 0")
+_PROB = (lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "in [0, 1)")
+_CHECKS = {
+    "lora": {"r": (*_POSITIVE_INT, 8), "lora_alpha": (*_POSITIVE, 16), "lora_dropout": (*_PROB, 0.0)},
+    "adalora": {"init_r": (*_POSITIVE_INT, 12), "target_r": (*_POSITIVE_INT, 8), "lora_alpha": (*_POSITIVE, 32),
+                "lora_dropout": (*_PROB, 0.0), "tinit": (*_NONNEG_INT, 200), "tfinal": (*_NONNEG_INT, 1000),
+                "deltaT": (*_POSITIVE_INT, 10), "beta1": (*_PROB, 0.85), "beta2": (*_PROB, 0.85),
+                "orth_reg_weight": (*_NONNEG, 0.1)},
+    "sora": {"lora_alpha": (*_POSITIVE, 16), "lora_dropout": (*_PROB, 0.0)},
+}
+
+
+def validate_method_config(cfg) -> None:
+    """Every LoRA / AdaLoRA value (and SoRA's LoRA ones; SoraConfig checks the gate's) as one line naming the fix."""
+    for key, (ok, what, example) in _CHECKS.get(cfg.name, {}).items():
+        value = cfg.get(key)
+        if not ok(value):
+            raise UserError(f"method.{key} must be {what}, got {value!r}; e.g. method.{key}={example}")
+    if cfg.name == "adalora" and cfg.target_r > cfg.init_r:
+        raise UserError(f"method.target_r ({cfg.target_r}) must be <= method.init_r ({cfg.init_r}): AdaLoRA only "
+                        f"prunes; e.g. method.target_r={cfg.init_r}")
 
 
 def count_params(method: Method, hidden_size: int) -> dict[str, int]:
