@@ -58,7 +58,10 @@ def flat_identity(rec: dict, pool_code: bool = False) -> dict[str, object]:
 
 
 def _strip_launch_keys(config: dict) -> dict:
+    """An older record's config, reduced as ``sora.records.identity`` reduces a config."""
     out = json.loads(json.dumps(config))
+    if (out.get("scheduler") or {}).get("name", "none") == "none":
+        out.pop("scheduler", None)
     for key in (*LAUNCH_ONLY_KEYS, "data.dir"):
         parent, _, leaf = key.rpartition(".")
         node = out
