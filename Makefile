@@ -46,6 +46,14 @@ controlled: $(VENV)/.installed ## one shared recipe for every method + the two c
 	$(PY) scripts/train.py -m experiment=controlled_table1 task=$(TASK) method=lora method.rank_pattern_from=sora results_dir=$(RESULTS)/controlled $(if $(DATA),data.dir=$(DATA),) $(ARGS)
 	$(PY) scripts/aggregate.py --results $(RESULTS)/controlled --tasks $(TASK)
 
+FRONTIER ?= frontier_minilm
+XIS ?= 1e-4,5e-4,1e-3,2e-3,4e-3,8e-3
+frontier: $(VENV)/.installed ## accuracy vs retained params: SoRA xi grid, LoRA r 1-8, AdaLoRA budgets (TASK=mrpc FRONTIER=frontier)
+	$(PY) scripts/train.py -m experiment=$(FRONTIER) task=$(TASK) method=lora method.r=1,2,4,8 $(ARGS)
+	$(PY) scripts/train.py -m experiment=$(FRONTIER) task=$(TASK) method=sora method.xi=$(XIS) $(ARGS)
+	$(PY) scripts/train.py -m experiment=$(FRONTIER) task=$(TASK) method=adalora method.target_r=2,4,8 $(ARGS)
+	$(PY) scripts/aggregate.py --results $$($(PY) -c "from sora.config import load_config as l; print(l(['experiment=$(FRONTIER)']).results_dir)") --tasks $(TASK)
+
 tables: $(VENV)/.installed ## render tables and plots from every record under RESULTS (make tables RESULTS=results/smoke)
 	$(PY) scripts/aggregate.py --results $(RESULTS)
 
@@ -63,4 +71,4 @@ slurm-selftest: $(VENV)/.installed ## start a real one-node Slurm (root) and run
 notebooks: $(VENV)/.installed ## open the results notebooks (RESULTS_DIR in their first cell)
 	$(VENV)/bin/jupyter lab notebooks/
 
-.PHONY: help install demo test lint train smoke reproduce controlled tables notebooks bench minilm-table slurm-selftest
+.PHONY: help install demo test lint train smoke reproduce controlled frontier tables notebooks bench minilm-table slurm-selftest

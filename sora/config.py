@@ -13,6 +13,9 @@ CONF_DIR = REPO_ROOT / "conf"
 # ${repo_root:} in configs: shipped data paths that work from any working directory
 if not OmegaConf.has_resolver("repo_root"):
     OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
+# ${mul:2,${method.r}}: a LoRA alpha that keeps the scale alpha / r fixed whatever r a sweep picks
+if not OmegaConf.has_resolver("mul"):
+    OmegaConf.register_new_resolver("mul", lambda a, b: a * b)
 
 
 def load_config(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:

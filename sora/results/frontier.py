@@ -1,0 +1,90 @@
+"""Task metric against retained adapter parameters: is SoRA better than simply a smaller LoRA rank, or
+AdaLoRA at the same budget? One point per configuration (mean ± std over seeds), Pareto-optimal points marked.
+
+x is the exact retained adapter parameter count of the reported checkpoint (Σ kept rank × (in + out), AdaLoRA's
+kept singular values included); the head is reported beside it (``head_params``), not plotted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sora.results.load import Records
+from sora.results.tables import _table_runs, per_run_scores
+
+COLUMNS = ["task", "method", "label", "params", "params_std", "head_params", "score", "score_std", "n", "failed",
+           "seeds", "pareto"]
+
+
+def pareto_mask(params, scores) -> list[bool]:
+    """True where no other point has at most as many parameters and at least the score, one of them strictly."""
+    p, s = np.asarray(params, float), np.asarray(scores, float)
+    out = []
+    for i in range(len(p)):
+        if not np.isfinite(s[i]):
+            out.append(False)
+            continue
+        dominated = (p <= p[i]) & (s >= s[i]) & ((p < p[i]) | (s > s[i])) & np.isfinite(s)
+        out.append(not dominated.any())
+    return out
+
+
+def frontier_frame(records: Records, task: str) -> pd.DataFrame:
+    df = per_run_scores(records)
+    df = df[df.task == task] if len(df) else df
+    failed = _table_runs(records.failed)
+    rows = []
+    for label, g in df.groupby("label", sort=True):
+        ok = g.dropna(subset=["score"])
+        rows.append({"task": task, "method": g["method"].iloc[0], "label": label,
+                     "params": ok["params.retained"].mean() if len(ok) else np.nan,
+                     "params_std": ok["params.retained"].std(ddof=1) if len(ok) > 1 else 0.0,
+                     "head_params": g["params.head"].mean() if "params.head" in g else np.nan,
+                     "score": ok["score"].mean() if len(ok) else np.nan,
+                     "score_std": ok["score"].std(ddof=1) if len(ok) > 1 else np.nan, "n": len(ok),
+                     "failed": int(((failed.label == label) & (failed.task == task)).sum()) + len(g) - len(ok),
+                     "seeds": " ".join(map(str, sorted(g["seed"])))})
+    out = pd.DataFrame(rows, columns=COLUMNS[:-1])
+    out["pareto"] = pareto_mask(out["params"], out["score"]) if len(out) else []
+    return out.sort_values(["method", "params"]).reset_index(drop=True)
+
+
+def plot_frontier(frame: pd.DataFrame, task: str, out_dir: str | Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sora.results.plots import _save
+
+    if frame.empty:
+        return []
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    colors = {"sora": "tab:red", "lora": "tab:blue", "adalora": "tab:green"}
+    for method, g in frame.groupby("method"):
+        g = g.dropna(subset=["score"]).sort_values("params")
+        ax.errorbar(g["params"], g["score"], yerr=g["score_std"].fillna(0), xerr=g["params_std"].fillna(0),
+                    fmt="-o", ms=4, capsize=3, color=colors.get(method, "tab:gray"), label=method)
+        star = g[g["pareto"]]
+        ax.scatter(star["params"], star["score"], s=160, facecolors="none", edgecolors="black", zorder=5)
+    ax.scatter([], [], s=160, facecolors="none", edgecolors="black", label="Pareto-optimal")
+    ax.set_xscale("log")
+    ax.set_xlabel("retained adapter parameters (log scale; head excluded)")
+    ax.set_ylabel("task metric x100 (mean ± std over seeds)")
+    ax.set_title(f"{task}: accuracy vs parameters")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _save(fig, Path(out_dir), f"frontier_{task}")
+
+
+def write_frontier(records: Records, task: str, tables_dir: str | Path, plots_dir: str | Path) -> list[Path]:
+    frame = frontier_frame(records, task)
+    if frame.empty:
+        return []
+    Path(tables_dir).mkdir(parents=True, exist_ok=True)
+    csv = Path(tables_dir) / f"frontier_{task}.csv"
+    frame.to_csv(csv, index=False)
+    return [csv, *plot_frontier(frame, task, plots_dir)]

@@ -1,0 +1,30 @@
+"""The accuracy-vs-parameters frontier: Pareto points against a hand-made example, and built from records."""
+
+import pytest
+
+from sora.results import load_records
+from sora.results.frontier import frontier_frame, pareto_mask, write_frontier
+from tests.conftest import FIXTURES
+
+
+def test_pareto_points_by_hand():
+    # (params, score): E is the smallest; A beats C (fewer params, higher score); F beats B (same params, higher)
+    # and D (fewer params, same score)
+    points = {"A": (100, 80), "B": (200, 85), "C": (150, 79), "D": (300, 85), "E": (50, 60), "F": (200, 90)}
+    mask = pareto_mask([p for p, _ in points.values()], [s for _, s in points.values()])
+    assert dict(zip(points, mask)) == {"A": True, "B": False, "C": False, "D": False, "E": True, "F": True}
+    assert pareto_mask([10, 20], [float("nan"), 50]) == [False, True]  # a diverged point is never optimal
+
+
+def test_frontier_from_fixture_records(tmp_path):
+    records = load_records(FIXTURES / "results")
+    frame = frontier_frame(records, "mrpc").set_index("method")
+    # SoRA: 88, 89, 90 with fewer retained params than LoRA r=8 (87.5 at 8 x 165,888): LoRA is dominated
+    assert frame.loc["sora", "score"] == pytest.approx(89.0) and frame.loc["sora", "n"] == 3
+    assert frame.loc["sora", "failed"] == 1  # seed 81's failed run is marked, not averaged
+    assert frame.loc["lora", "params"] == 8 * 165_888
+    assert frame.loc["sora", "params"] < frame.loc["lora", "params"]
+    assert bool(frame.loc["sora", "pareto"]) and not bool(frame.loc["lora", "pareto"])
+    paths = write_frontier(records, "mrpc", tmp_path / "tables", tmp_path / "plots")
+    assert [p.name for p in paths] == ["frontier_mrpc.csv", "frontier_mrpc.png", "frontier_mrpc.pdf"]
+    assert paths[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
