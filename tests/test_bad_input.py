@@ -76,7 +76,7 @@ CASES = {
     "lora_r_zero": (["method=lora", "method.r=0"], "method.r must be a positive integer"),
     "lora_alpha_negative": (["method=lora", "method.lora_alpha=-16"], "method.lora_alpha must be > 0"),
     "lora_dropout_one": (["method=lora", "method.lora_dropout=1.0"], "method.lora_dropout must be in [0, 1)"),
-    "optimizer_unknown": (["train.optimizer=sgd"], "train.optimizer must be one of adamw, adamw_hf_legacy"),
+    "optimizer_unknown": (["train.optimizer=sgd"], "train.optimizer must be one of auto, adamw, adamw_hf_legacy"),
     "schedule_unknown": (["train.schedule=cosine"], "train.schedule must be one of standard, sora_release"),
     "prox_unknown": (["method.prox=hard"], "method.prox must be one of"),
 }

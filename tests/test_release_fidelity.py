@@ -48,7 +48,8 @@ def _side_by_side(overrides: list[str], gate_scale: float = 1.0):
         for g in method.gates:
             g.mul_(gate_scale)
     optimizer, scheduler = make_optimizer_and_schedule(method, cfg.train, torch.device("cpu"),
-                                                       run_schedule(cfg.train, total, N_TRAIN))
+                                                       run_schedule(cfg.train, total, N_TRAIN), cfg.method)
+    assert type(optimizer).__name__ == "LegacyAdamW"
     trainable = [p for p in ours.parameters() if p.requires_grad]
 
     # the release: the same backbone, everything frozen (opendelta freeze_module), LoRA modules in parallel

@@ -126,3 +126,27 @@ def test_adalora_ranks_follow_the_budget_mask_and_the_export_is_the_best_steps_a
 
 def record_dir(cfg, record):
     return Path(cfg.results_dir) / "records" / record["run_id"]
+
+
+def test_cls_dropout_sets_only_the_dropout_before_the_classifier():
+    """AdaLoRA's DeBERTa-v2 code applies --cls_dropout to the top-level dropout only; the pooler keeps its own."""
+    from sora.train.loop import _set_head_dropout
+    from tests.conftest import tiny_base
+
+    model = tiny_base()
+    pooler_before = model.pooler.dropout
+    pooler_p = getattr(pooler_before, "p", getattr(pooler_before, "drop_prob", None))
+    _set_head_dropout(model, 0.2)
+    top = model.dropout
+    assert getattr(top, "p", getattr(top, "drop_prob", None)) == 0.2
+    assert getattr(model.pooler.dropout, "p", getattr(model.pooler.dropout, "drop_prob", None)) == pooler_p != 0.2
+
+
+def test_wnli_adalora_schedule_fits_its_run():
+    """WNLI copies RTE's tinit/tfinal, so it must also take RTE's ref_steps: 635 rows, bsz 32, 50 epochs."""
+    from sora.tuners.methods import adalora_schedule
+
+    cfg = load_config(["task=wnli", "method=adalora"])
+    total = -(-635 // 32) * 50
+    tinit, tfinal, _ = adalora_schedule(cfg.method, total)
+    assert (tinit, tfinal) == (round(600 * 1000 / 3900), round(1800 * 1000 / 3900)) and tinit + tfinal < total

@@ -44,7 +44,7 @@ from sora.train.checkpoint import read_checkpoint, restore_checkpoint, save_chec
 from sora.train.evaluate import evaluate
 from sora.train.optim import OPTIMIZERS, SCHEDULES, group_lrs, schedule_plan
 from sora.train.sparsify import Stage, normalise_curve, stage_plan
-from sora.train.step import make_optimizer_and_schedule, run_length, run_schedule, train_step
+from sora.train.step import make_optimizer_and_schedule, optimizer_kind, run_length, run_schedule, train_step
 from sora.tuners.methods import build_method, count_params
 from sora.tuners.rank_source import sora_rank_pattern
 
@@ -67,8 +67,8 @@ def validate_config(cfg) -> None:
         raise UserError(f"train.max_steps must be -1 (use epochs) or a positive integer, got {t.max_steps!r}")
     if t.epochs <= 0 and t.max_steps == -1:
         raise UserError(f"train.epochs must be > 0, got {t.epochs}")
-    if t.get("optimizer", "adamw") not in OPTIMIZERS:
-        raise UserError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {t.optimizer!r}")
+    if t.get("optimizer", "auto") not in ("auto", *OPTIMIZERS):
+        raise UserError(f"train.optimizer must be one of auto, {', '.join(OPTIMIZERS)}, got {t.optimizer!r}")
     if t.get("schedule", "standard") not in SCHEDULES:
         raise UserError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {t.schedule!r}")
 
@@ -201,9 +201,9 @@ def _optimizer_for(cfg, method, device, setup: Setup, stage: Stage):
     shrink_only stages run at lr 0 exactly as released. retrain: a fresh optimizer and schedule per stage."""
     if stage.index > 0 and cfg.scheduler.mode == "retrain":
         length = stage.end - stage.start
-        return make_optimizer_and_schedule(method, cfg.train, device, schedule_plan("standard", cfg.train.warmup,
-                                                                                     length, 0, 1, 1))
-    return make_optimizer_and_schedule(method, cfg.train, device, setup.schedule)
+        plan = schedule_plan("standard", cfg.train.warmup, length, 0, 1, 1)
+        return make_optimizer_and_schedule(method, cfg.train, device, plan, cfg.method)
+    return make_optimizer_and_schedule(method, cfg.train, device, setup.schedule, cfg.method)
 
 
 class _Training:
@@ -356,7 +356,7 @@ def _finish(cfg, task, rid, run_dir, record_path, setup, method, model, device, 
 
 def formulas(cfg, method, setup: Setup) -> dict:
     """Which formulas ran, so two runs that differ only here are never pooled."""
-    out = {"optimizer": cfg.train.get("optimizer", "adamw"), "schedule": cfg.train.get("schedule", "standard"),
+    out = {"optimizer": optimizer_kind(cfg.train, cfg.method), "schedule": cfg.train.get("schedule", "standard"),
            **{f"schedule_{k}": v for k, v in setup.schedule.as_dict().items()}}
     sora_cfg = getattr(method, "config", None)
     if sora_cfg is not None:

@@ -36,9 +36,18 @@ def train_step(model, batch: dict, method, optimizer, scheduler, step: int, clip
     return loss.detach(), lrs
 
 
-def make_optimizer(method, train_cfg, device: torch.device) -> torch.optim.Optimizer:
+def optimizer_kind(train_cfg, method_cfg) -> str:
+    """``auto``: the release's transformers-4.x AdamW for SoRA's ``code`` variant, torch AdamW otherwise."""
+    kind = train_cfg.get("optimizer", "auto")
+    if kind == "auto":
+        return "adamw_hf_legacy" if method_cfg.get("variant") == "code" else "adamw"
+    return kind
+
+
+def make_optimizer(method, train_cfg, device: torch.device, method_cfg=None) -> torch.optim.Optimizer:
     groups = method.param_groups(train_cfg.lr, train_cfg.weight_decay, train_cfg.adam_eps)
-    return build_optimizer(groups, train_cfg.adam_betas, device, train_cfg.get("optimizer", "adamw"))
+    kind = optimizer_kind(train_cfg, method_cfg or {})
+    return build_optimizer(groups, train_cfg.adam_betas, device, kind)
 
 
 def run_length(train_cfg, n_train: int) -> tuple[int, int]:
@@ -53,6 +62,6 @@ def run_schedule(train_cfg, run_steps: int, n_train: int) -> SchedulePlan:
                          train_cfg.batch_size, train_cfg.epochs)
 
 
-def make_optimizer_and_schedule(method, train_cfg, device, plan: SchedulePlan):
-    optimizer = make_optimizer(method, train_cfg, device)
+def make_optimizer_and_schedule(method, train_cfg, device, plan: SchedulePlan, method_cfg=None):
+    optimizer = make_optimizer(method, train_cfg, device, method_cfg)
     return optimizer, linear_schedule(optimizer, plan)
