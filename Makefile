@@ -54,6 +54,9 @@ frontier: $(VENV)/.installed ## accuracy vs retained params: SoRA xi grid, LoRA 
 	$(PY) scripts/train.py -m experiment=$(FRONTIER) task=$(TASK) method=adalora method.target_r=2,4,8 $(ARGS)
 	$(PY) scripts/aggregate.py --results $$($(PY) -c "from sora.config import load_config as l; print(l(['experiment=$(FRONTIER)']).results_dir)") --tasks $(TASK)
 
+status: $(VENV)/.installed ## one line per run of the sweeps under RESULTS: finished / running / failed / missing
+	$(PY) scripts/status.py $(RESULTS) --rerun-failed
+
 tables: $(VENV)/.installed ## render tables and plots from every record under RESULTS (make tables RESULTS=results/smoke)
 	$(PY) scripts/aggregate.py --results $(RESULTS)
 
@@ -71,4 +74,4 @@ slurm-selftest: $(VENV)/.installed ## start a real one-node Slurm (root) and run
 notebooks: $(VENV)/.installed ## open the results notebooks (RESULTS_DIR in their first cell)
 	$(VENV)/bin/jupyter lab notebooks/
 
-.PHONY: help install demo test lint train smoke reproduce controlled frontier tables notebooks bench minilm-table slurm-selftest
+.PHONY: help install demo test lint train smoke reproduce controlled frontier status tables notebooks bench minilm-table slurm-selftest

@@ -81,3 +81,34 @@ def test_eight_concurrent_runs_on_one_results_dir(tmp_path):
         assert log.count(f"run {p.parent.name} on") == 1, "an identical config trained twice"
     leftovers = [q for q in tmp_path.rglob("*") if q.name.endswith(".tmp")]
     assert not leftovers
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR2])
+def test_a_signalled_run_finishes_its_step_checkpoints_and_resumes_identically(sig, tmp_path):
+    """Preemption (SIGTERM) and submitit's USR2: no step is lost, none is redone, the result is the clean one."""
+    extra = ("method.variant=code", "method.xi=0.02", "train.max_steps=60", "train.save_steps=0")
+    clean = subprocess.run(_argv(tmp_path / "clean", "sora", extra), env=ENV, capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    reference = read_record(next((tmp_path / "clean").glob("records/*/record.json")))
+
+    results = tmp_path / "signalled"
+    proc = subprocess.Popen(_argv(results, "sora", extra), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline, metrics = time.time() + 300, None
+    while time.time() < deadline and proc.poll() is None:
+        metrics = metrics or next(results.glob("records/*/metrics.jsonl"), None)
+        if metrics and metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            os.kill(proc.pid, sig)
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert proc.returncode == 128 + sig, (proc.returncode, proc.stderr.read()[-2000:])
+    run_dir = metrics.parent
+    log = (run_dir / "log.txt").read_text()
+    stopped = int(log.split("interrupted by ")[1].split("after step ")[1].split(";")[0])
+    assert 12 <= stopped < 60 and (run_dir / "checkpoint" / "state.pt").exists()  # save_steps=0: only the signal
+
+    resumed = subprocess.run(_argv(results, "sora", extra), env=ENV, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    log = (run_dir / "log.txt").read_text()
+    assert f"resumed {reference['run_id']} at step {stopped} " in log  # 0 optimizer steps redone
+    assert _comparable(read_record(run_dir / "record.json")) == _comparable(reference)

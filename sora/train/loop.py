@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import platform
 import random
 import resource
 import shutil
+import signal
 import subprocess
 import time
 import warnings
@@ -42,6 +44,7 @@ from sora.records import (
 from sora.tracking import make_tracker, ranks_by_matrix
 from sora.train.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
 from sora.train.evaluate import evaluate
+from sora.train.interrupt import Interrupts
 from sora.train.optim import OPTIMIZERS, SCHEDULES, group_lrs, schedule_plan
 from sora.train.sparsify import Stage, normalise_curve, stage_plan
 from sora.train.step import make_optimizer_and_schedule, optimizer_kind, run_length, run_schedule, train_step
@@ -143,6 +146,7 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path, tracker) -> dict
 
     state = {"step": 0, "stage": 0, "evals": [], "best": None, "best_weights": None, "elapsed": 0.0, "curve_raw": []}
     payload = read_checkpoint(run_dir / "checkpoint", rid)
+    write_progress(run_dir, payload["state"]["step"] if payload else 0, setup.plan[-1].end)
     stage_now = setup.plan[payload["state"].get("stage", 0)] if payload else setup.plan[0]
     optimizer, scheduler = _optimizer_for(cfg, method, device, setup, stage_now)
     if payload:
@@ -155,7 +159,8 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path, tracker) -> dict
 
     run = _Training(cfg, task, rid, run_dir, setup, method, model, device, autocast, tracker, state, t0)
     try:
-        run.stages(optimizer, scheduler)
+        with run.interrupts:
+            run.stages(optimizer, scheduler)
     except NonFiniteLoss as exc:
         run.progress.close()
         record = _record(cfg, task, rid, state, None, None, time.time() - t0, status="failed", error=str(exc))
@@ -220,6 +225,8 @@ class _Training:
         # the loss window since the last log line (restored on resume so logged means match an uninterrupted run)
         self.running_loss = torch.tensor(state.get("running_loss", 0.0), device=device)
         self.running_n = state.get("running_n", 0)
+        self.interrupts = Interrupts()
+        self.last_save = time.monotonic()
 
     def stages(self, optimizer, scheduler) -> None:
         cfg, state, train_set = self.cfg, self.state, self.setup.data["train"]
@@ -301,6 +308,7 @@ class _Training:
         point = self._point(stage, lrs)
         state["evals"].append(point)
         _append_jsonl(self.run_dir / "metrics.jsonl", point)
+        write_progress(self.run_dir, self.step, self.setup.plan[-1].end, select_key, point["select"][select_key])
         value = point["select"][select_key]
         best = state["best"]
         if stage.index == 0 and _better(value, None if best is None else best["select"][select_key]):
@@ -312,11 +320,35 @@ class _Training:
                  float("nan") if value is None else value, point["report"], point["total_rank"])
 
     def _maybe_checkpoint(self, optimizer, scheduler) -> None:
-        every = self.cfg.train.save_steps
-        if every > 0 and self.step % every == 0 and self.step < self.setup.plan[-1].end:
+        """Every ``train.save_steps`` steps or ``train.save_minutes`` minutes, and at once on USR2/SIGTERM."""
+        t = self.cfg.train
+        due = (t.save_steps > 0 and self.step % t.save_steps == 0) or (
+            t.get("save_minutes", 0) > 0 and time.monotonic() - self.last_save >= 60 * t.save_minutes)
+        if (due or self.interrupts.requested) and self.step < self.setup.plan[-1].end:
             self.state.update(step=self.step, running_loss=self.running_loss.item(), running_n=self.running_n)
             save_checkpoint(self.run_dir / "checkpoint", self.model, optimizer, scheduler, self.method, self.state,
                             self.rid, elapsed=self.state["elapsed"] + time.time() - self.t0)
+            self.last_save = time.monotonic()
+        if self.interrupts.requested and self.step < self.setup.plan[-1].end:  # at the end: just finish
+            log.info("interrupted by %s after step %d; checkpoint at step %d",
+                     signal.Signals(self.interrupts.signum).name, self.step, self.step)
+            self.progress.close()
+            self.interrupts.hand_over()
+
+
+def write_progress(run_dir: Path, step: int, total: int, metric: str | None = None, value=None) -> None:
+    """``progress.json``: what `make status` shows for a running run (step k of n, last selection metric)."""
+    atomic_write_text(run_dir / "progress.json", json_line({
+        "step": step, "total": total, "select_metric": metric, "select": value, "updated": time.time(),
+        "slurm_job": slurm_job()}))
+
+
+def slurm_job() -> str | None:
+    """``<array job>_<task>`` or ``<job>`` when running under Slurm (for the status view and the record)."""
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '')}"
+    return env.get("SLURM_JOB_ID")
 
 
 def _finish(cfg, task, rid, run_dir, record_path, setup, method, model, device, hidden, tracker, state, t0) -> dict:
@@ -371,7 +403,7 @@ def runtime(cfg, device: torch.device) -> dict:
                                                                               platform.machine())
     return {"device": device.type, "device_name": name, "precision": cfg.train.precision,
             "tf32": bool(device.type == "cuda" and cfg.train.tf32), "eval_batch_size": cfg.eval.batch_size,
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "slurm_job": slurm_job()}
 
 
 def sweep_info() -> dict | None:
