@@ -16,13 +16,14 @@ HEAD_POLICIES = {
     # the release: opendelta's freeze_module leaves classifier, pooler and LayerNorms at their init; listed here
     # (untrained) so an export carries the very random head the adapter was trained against
     "frozen": ["classifier", "pooler"],
+    "none": [],  # a causal LM: only the adapters train (peft's CAUSAL_LM default)
 }
 
 
-def head_modules_to_save(head: str) -> list[str]:
+def head_modules_to_save(head: str) -> list[str] | None:
     if head not in HEAD_POLICIES:
         raise UserError(f"method.head must be one of {sorted(HEAD_POLICIES)}, got {head!r}")
-    return list(HEAD_POLICIES[head])
+    return list(HEAD_POLICIES[head]) or None
 
 
 def apply_head_policy(model: torch.nn.Module, head: str) -> None:

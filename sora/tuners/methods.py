@@ -15,10 +15,11 @@ from peft.tuners.lora.layer import LoraLayer
 
 from sora.errors import UserError
 from sora.tuners.heads import apply_head_policy, head_modules_to_save
+from sora.tuners.sora import step as sora_step
 from sora.tuners.sora.config import SoraConfig
 from sora.tuners.sora.export import export_pruned_adapter
-from sora.tuners.sora.layer import GATE_ATTR, release_prox_, soft_threshold_
-from sora.tuners.sora.model import gate_l1, gate_parameters, get_sora_model, lora_linears, sora_ranks
+from sora.tuners.sora.layer import GATE_ATTR
+from sora.tuners.sora.model import gate_parameters, get_sora_model, lora_linears, sora_ranks
 from sora.tuners.targets import target_regex
 
 
@@ -89,28 +90,13 @@ class SoraMethod(Method):
         self.gates = gate_parameters(self.model)
 
     def param_groups(self, lr, weight_decay, eps):
-        gate_ids = {id(g) for g in self.gates}
-        groups = super().param_groups(lr, weight_decay, eps)
-        for g in groups:
-            g["params"] = [p for p in g["params"] if id(p) not in gate_ids]
-        gate = {"params": self.gates, "weight_decay": 0.0, "lr": self.config.gate_lr or lr, "eps": eps, "name": "gate"}
-        if self.config.variant == "code":
-            # the released gates have their own SparseAdamW(params, lr) (run_glue.py:618): transformers 4.x AdamW
-            # defaults eps 1e-6, betas (0.9, 0.999), no decay. AdamW is elementwise, so a param group with those
-            # settings (and its own warmup, optim.schedule_plan) is the same update inside one optimizer
-            gate.update(eps=1e-6, betas=(0.9, 0.999))
-        return [*groups, gate]
+        return sora_step.param_groups(self.model, self.config, lr, weight_decay, eps, self.gates)
 
     def extra_loss(self):
-        if self.config.l1_coef:
-            return self.config.l1_coef * gate_l1(self.gates)
-        return None
+        return sora_step.l1_loss(self.gates, self.config)
 
     def after_optimizer_step(self, step, optimizer):
-        gate_group = next(g for g in optimizer.param_groups if g.get("name") == "gate")  # a few groups: cheap
-        # the lr this step used: the scheduler has not stepped yet
-        prox = release_prox_ if self.config.prox == "release" else soft_threshold_
-        prox(self.gates, self.config.threshold(gate_group["lr"]))
+        sora_step.prox_(self.gates, self.config, sora_step.gate_lr(optimizer))  # this step's lr: before the scheduler
 
     def ranks(self):
         return sora_ranks(self.model)

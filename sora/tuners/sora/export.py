@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, TaskType
+from peft import LoraConfig
 from safetensors.torch import save_file
 
 from sora.tuners.sora.model import gated_modules
@@ -58,8 +58,10 @@ def export_pruned_adapter(model, out_dir: str | Path, base_model_name_or_path: s
     lora_state, ranks = pruned_lora_state(model, adapter_name)
     heads, head_names = head_state(model, adapter_name)
     kept = {n: r for n, r in ranks.items() if r > 0}
+    trained = model.peft_config[adapter_name]
     config = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
+        task_type=trained.task_type,
+        fan_in_fan_out=trained.fan_in_fan_out,  # GPT-2's Conv1D maps
         # exact paths: peft matches list entries as whole names or dotted suffixes
         target_modules=sorted(kept) or None,
         r=max(kept.values(), default=1),

@@ -17,26 +17,70 @@ from sora.tuners.targets import target_regex
 def get_sora_model(
     base_model: torch.nn.Module,
     config: SoraConfig,
-    targets: str = "all",
-    head: str = "trainable",
+    targets: str | list[str] = "auto",
+    head: str | None = None,
     lora_dropout: float = 0.0,
     adapter_name: str = "default",
+    task_type: str | None = None,
 ) -> PeftModel:
-    """Wrap ``base_model`` in a peft LoRA (rank r_max, alpha) and gate every injected linear map."""
+    """Wrap any model peft's LoRA supports in a LoRA of rank r_max, alpha, and gate every injected linear map.
+
+    ``targets``: ``"auto"`` (every linear map of the transformer blocks: never a pooler, a classifier or an LM
+    head), ``"all"`` / ``"qv"`` (the six / two encoder matrices of the GLUE experiments), or explicit module names.
+    ``task_type`` and ``head`` default to what the model is: a sequence classifier trains its classifier and
+    pooler, a causal LM nothing but the adapters. GPT-2's fused ``Conv1D`` maps get ``fan_in_fan_out``.
+    """
+    task_type = task_type or infer_task_type(base_model)
+    if head is None:
+        head = "trainable" if task_type == TaskType.SEQ_CLS else "none"
+    names = block_linears(base_model) if targets == "auto" else None
     lora_config = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
+        task_type=task_type,
         r=config.r_max,
         lora_alpha=config.lora_alpha,
         lora_dropout=lora_dropout,
-        target_modules=target_regex(targets),
+        target_modules=sorted(names) if names is not None else (targets if isinstance(targets, list)
+                                                                 else target_regex(targets)),
         modules_to_save=head_modules_to_save(head),
+        fan_in_fan_out=bool(names) and any(_is_conv1d(base_model.get_submodule(n)) for n in names),
     )
     model = get_peft_model(base_model, lora_config, adapter_name=adapter_name)
     for _, module in lora_linears(model):
         module.lora_variant[adapter_name] = SoraLinearVariant()
         SoraLinearVariant.init(module, adapter_name, gate_init=config.gate_init)
     apply_head_policy(model, head)
+    model.sora_config = config  # what sora_optimizer / SoraCallback read when not given one
     return model
+
+
+HEAD_NAMES = ("pooler", "classifier", "score", "lm_head", "qa_outputs", "embed_out", "output_projection")
+
+
+def block_linears(model: torch.nn.Module) -> list[str]:
+    """Every linear (or GPT-2 ``Conv1D``) map inside a numbered block (``layers.3.``, ``h.3.``, ``layer.3.``):
+    attention and MLP projections, never a pooler, a classifier or an LM head (peft's ``"all-linear"`` would adapt
+    an encoder's ``pooler.dense``)."""
+    out = []
+    for name, module in model.named_modules():
+        parts = name.split(".")
+        if not (isinstance(module, torch.nn.Linear) or _is_conv1d(module)):
+            continue
+        if any(p.isdigit() for p in parts) and not any(p in HEAD_NAMES for p in parts):
+            out.append(name)
+    return out
+
+
+def infer_task_type(model: torch.nn.Module) -> str | None:
+    cls = type(model).__name__
+    if cls.endswith("ForSequenceClassification"):
+        return TaskType.SEQ_CLS
+    if cls.endswith("ForCausalLM") or cls.endswith("LMHeadModel"):
+        return TaskType.CAUSAL_LM
+    return None
+
+
+def _is_conv1d(module) -> bool:
+    return type(module).__name__ == "Conv1D"
 
 
 def lora_linears(model: torch.nn.Module) -> Iterator[tuple[str, LoraLinear]]:

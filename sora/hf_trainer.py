@@ -1,0 +1,101 @@
+"""SoRA in any ``transformers.Trainer`` (or TRL ``SFTTrainer``) script, in three lines::
+
+    model = get_sora_model(model, SoraConfig(r_max=8, xi=3e-4, variant="code", l1_coef=10))
+    trainer = Trainer(model=model, args=args, ..., optimizers=(sora_optimizer(model, args), None))
+    SoraCallback.attach(trainer)
+
+What each line holds that a naive callback gets wrong:
+
+* ``sora_optimizer`` builds the optimizer with the gates in their own no-decay group *before* the Trainer
+  builds its schedule, so the scheduler covers every group and ``resume_from_checkpoint`` loads the saved state
+  into the same groups. ``variant="code"`` gets the release's transformers-4.x AdamW (``adamw_hf_legacy``).
+* ``SoraCallback.attach`` puts the callback first, so the ranks it adds in ``on_log`` reach the reporting
+  integrations (wandb, TensorBoard) and ``state.log_history`` - a callback passed in ``callbacks=`` runs after
+  them. It runs the prox step in ``on_optimizer_step`` (after ``optimizer.step()``, before
+  ``lr_scheduler.step()``, with that step's gate lr; skipped when a grad scaler skipped the step), and adds the
+  ``code`` variant's L1 term to the model's training loss, once per optimizer step: divided over gradient
+  accumulation when the Trainer does not divide the loss itself (a model normalising by ``num_items_in_batch``),
+  not multiplied by the number of processes, absent from the eval loss, inside the clipped gradient as released.
+  The math is ``sora.tuners.sora.step``, the same code our GLUE loop runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from sora.train.optim import build_optimizer
+from sora.tuners.sora import step as sora_step
+from sora.tuners.sora.config import SoraConfig
+from sora.tuners.sora.export import export_pruned_adapter
+from sora.tuners.sora.model import gate_parameters, sora_ranks
+from sora.tuners.targets import matrix_type
+
+
+def sora_optimizer(model, args, config: SoraConfig | None = None, kind: str = "auto") -> torch.optim.Optimizer:
+    """The optimizer for ``Trainer(optimizers=(this, None))``: decay / no-decay / gate groups from ``args``."""
+    config = config or model.sora_config
+    groups = sora_step.param_groups(model, config, args.learning_rate, args.weight_decay, args.adam_epsilon)
+    if kind == "auto":
+        kind = "adamw_hf_legacy" if config.variant == "code" else "adamw"
+    device = next(p.device for p in model.parameters() if p.requires_grad)
+    return build_optimizer(groups, (args.adam_beta1, args.adam_beta2), device, kind)
+
+
+class SoraCallback(TrainerCallback):
+    def __init__(self, model, config: SoraConfig | None = None, export_dir: str | None = "sora_pruned"):
+        self.model, self.config = model, config or model.sora_config
+        self.gates = gate_parameters(model)
+        self.export_dir = export_dir
+        self._l1_scale = 1.0
+
+    @classmethod
+    def attach(cls, trainer, **kwargs) -> SoraCallback:
+        """Wire SoRA into ``trainer``: first in its callbacks, the L1 term on its model's training loss."""
+        cb = cls(trainer.model, **kwargs)
+        trainer.callback_handler.callbacks.insert(0, cb)
+        cb._accumulation = trainer.args.gradient_accumulation_steps
+        cb._processes = trainer.args.world_size if trainer.args.average_tokens_across_devices else 1
+        if cb.config.l1_coef:
+            trainer.model.register_forward_hook(cb._add_l1, with_kwargs=True)
+        return cb
+
+    def _add_l1(self, module, args, kwargs, output):
+        loss = getattr(output, "loss", None) if not isinstance(output, tuple) else None
+        if not module.training or loss is None:
+            return output
+        scale = 1.0
+        if kwargs.get("num_items_in_batch") is not None:  # the Trainer will neither divide by GA nor average
+            scale = 1.0 / (self._accumulation * self._processes)  # tokens without multiplying by processes
+        output["loss"] = loss + scale * sora_step.l1_loss(self.gates, self.config)
+        return output
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        if optimizer is None or getattr(optimizer, "step_was_skipped", False):
+            return
+        sora_step.prox_(self.gates, self.config, sora_step.gate_lr(optimizer))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None or not any(k in logs for k in ("loss", "learning_rate")):
+            return
+        ranks = rank_logs(sora_ranks(self.model))
+        logs.update(ranks)
+        if state.log_history:
+            state.log_history[-1].update(ranks)  # the Trainer appended its copy before calling on_log
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.export_dir and state.is_world_process_zero:
+            export_pruned_adapter(self.model, Path(args.output_dir) / self.export_dir,
+                                  getattr(self.model.peft_config["default"], "base_model_name_or_path", None))
+
+
+def rank_logs(ranks: dict[str, int]) -> dict[str, int]:
+    """``sora/total_rank`` and ``sora/rank_<matrix>`` (Q K V AO I O for encoders; the module's own name else)."""
+    out = {"sora/total_rank": sum(ranks.values())}
+    for name, r in ranks.items():
+        kind = matrix_type(name)
+        key = f"sora/rank_{kind[1] if kind else name.rsplit('.', 1)[-1]}"
+        out[key] = out.get(key, 0) + r
+    return out
