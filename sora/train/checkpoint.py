@@ -30,8 +30,15 @@ def save_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, method, state: 
         "state": {**state, "elapsed": elapsed},
     }
     tmp = ckpt_dir / "state.pt.tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, ckpt_dir / "state.pt")
+    try:  # a full disk must leave the previous checkpoint as it was, and no half-written file beside it
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, ckpt_dir / "state.pt")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_checkpoint(ckpt_dir: Path, rid: str) -> dict | None:

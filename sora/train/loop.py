@@ -7,6 +7,7 @@ setup, the stage/step loop (``_Training.stages``), evaluation and best checkpoin
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -103,6 +104,13 @@ def train(cfg) -> dict | None:
         try:
             record = _run(cfg, task, rid, run_dir, record_path, tracker)
             return record
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            ckpt = read_checkpoint(run_dir / "checkpoint", rid)
+            where = f"step {ckpt['state']['step']}" if ckpt else "the start (no checkpoint yet)"
+            raise UserError(f"disk full under {cfg.results_dir} ({exc.strerror}); the last checkpoint is intact: "
+                            f"free space and re-run the same command to resume from {where}") from None
         finally:
             # always finish the tracker's run, also on failure, so a multirun in one process keeps going
             tracker.finish(summary=(record or {}).get("best"), failed=record is None)
@@ -573,9 +581,14 @@ def _append_jsonl(path: Path, point: dict) -> None:
         f.write(json_line(point))
 
 
+class _RunLogHandler(logging.FileHandler):
+    def handleError(self, record) -> None:  # a full disk loses log lines, never prints a traceback
+        pass
+
+
 def _log_to(path: Path) -> logging.Handler:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
+    handler = _RunLogHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger = logging.getLogger("sora")
     logger.setLevel(logging.INFO)
