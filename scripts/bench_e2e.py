@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from sora.data.batching import collate, encode, train_batches  # noqa: E402
+from sora.data.batching import encode, train_batches  # noqa: E402
 from sora.data.glue import read_split  # noqa: E402
 from sora.data.tasks import get_task  # noqa: E402
 from sora.metrics import compute_metrics  # noqa: E402
@@ -47,7 +47,7 @@ def run(task_name: str, harness: bool, train_rows: int, data_dir: str, batch_siz
     t0 = time.perf_counter()
     tokens = real = 0
     for idx in train_batches(len(train), train.lengths, batch_size, seed=0, epoch=0, group_by_length=harness):
-        batch = collate([train.features[i] for i in idx], train.labels[idx], tok.pad_token_id, pad_to)
+        batch = train.batch(idx, tok.pad_token_id, pad_to)
         tokens += batch["input_ids"].numel()
         real += int(batch["attention_mask"].sum())
         model.train()

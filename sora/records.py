@@ -23,7 +23,7 @@ from sora.errors import UserError
 SCHEMA_VERSION = 1
 # keys that only say where and how a run is launched or watched: they never change its numbers
 LAUNCH_ONLY_KEYS = ("results_dir", "logger", "progress", "train.save_steps", "train.save_minutes", "train.log_steps",
-                    "hydra")
+                    "data.cache_dir", "hydra")
 
 
 def identity(cfg, data_fingerprint: str | None = None) -> dict:

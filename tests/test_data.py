@@ -1,9 +1,10 @@
 """Every GLUE task's format loads; bad files fail with a message that names the fix."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from sora.data.batching import collate, eval_batches, train_batches
+from sora.data.batching import Encoded, eval_batches, train_batches
 from sora.data.glue import protocol_splits, read_split, validate
 from sora.data.tasks import TASKS, get_task
 from sora.errors import UserError
@@ -88,14 +89,41 @@ def test_length_grouped_batches_cover_every_row_once_and_are_deterministic():
     assert sorted(np.concatenate(sorted_batches).tolist()) == list(range(103))
 
 
-def test_collate_pads_dynamically():
+def test_batches_pad_dynamically():
     import numpy as np
 
-    feats = [{"input_ids": [1, 5, 2]}, {"input_ids": [1, 6, 7, 8, 2]}]
-    b = collate(feats, np.array([0, 1]), pad_id=0)
+    enc = Encoded(np.array([1, 5, 2, 1, 6, 7, 8, 2], np.int32), np.array([0, 3, 8]), np.array([0, 1]))
+    b = enc.batch([0, 1], pad_id=0)
     assert b["input_ids"].tolist() == [[1, 5, 2, 0, 0], [1, 6, 7, 8, 2]]
     assert b["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
-    assert collate(feats, np.array([0, 1]), pad_id=0, pad_to=8)["input_ids"].shape == (2, 8)
+    assert b["labels"].tolist() == [0, 1] and enc.batch([1, 0], 0)["input_ids"][1].tolist() == [1, 5, 2, 0, 0]
+    assert enc.batch([0, 1], pad_id=0, pad_to=8)["input_ids"].shape == (2, 8)
+
+
+def test_encoding_is_the_tokenizers_and_a_second_run_reuses_the_cache(tmp_path, monkeypatch):
+    """Flat arrays equal the tokenizer's own output row by row; the same rows, tokenizer and max_len load from
+    the cache without tokenising again."""
+    from sora.config import load_config
+    from sora.data.batching import encode
+    from sora.models import load_tokenizer
+
+    tok = load_tokenizer(load_config(["model=minilm"]).model)
+    df = read_split(get_task("mrpc"), "validation", str(GLUE_FIXTURE))
+    enc = encode(df, get_task("mrpc"), tok, 64, cache_dir=tmp_path)
+    ref = tok(df["sentence1"].tolist(), df["sentence2"].tolist(), truncation=True, max_length=64)
+    for i in (0, 7, len(df) - 1):
+        row = enc.ids[enc.offsets[i]:enc.offsets[i + 1]].tolist()
+        assert row == ref["input_ids"][i] and enc.type_ids[enc.offsets[i]:enc.offsets[i + 1]].tolist() == \
+            ref["token_type_ids"][i]
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("tokenised again instead of reading the cache")
+
+    monkeypatch.setattr(type(tok), "__call__", refuse)
+    again = encode(df, get_task("mrpc"), tok, 64, cache_dir=tmp_path)
+    assert np.array_equal(again.ids, enc.ids) and np.array_equal(again.offsets, enc.offsets)
+    assert np.array_equal(again.labels, enc.labels)
 
 
 def _released_indices(n: int, split: str, validation_size: int) -> list[int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sora.data.batching import Encoded, collate, eval_batches
+from sora.data.batching import Encoded, eval_batches
 from sora.data.tasks import Task
 from sora.metrics import compute_metrics
 
@@ -16,7 +16,7 @@ def predict(model, data: Encoded, task: Task, batch_size: int, pad_id: int, devi
     model.eval()
     preds = np.zeros(len(data), dtype=float if task.is_regression else int)
     for idx in eval_batches(data.lengths, batch_size, sort_by_length):
-        batch = collate([data.features[i] for i in idx], data.labels[idx], pad_id, pad_to)
+        batch = data.batch(idx, pad_id, pad_to)
         batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
         with autocast():
             logits = model(**batch).logits.float()

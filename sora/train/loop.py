@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from sora.data.batching import collate, encode, train_batches
+from sora.data.batching import encode, train_batches
 from sora.data.glue import SELECT_SEED, data_fingerprint, protocol_splits
 from sora.data.tasks import get_task
 from sora.errors import UserError
@@ -187,7 +187,8 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path, tracker) -> dict
 def _prepare(cfg, task) -> Setup:
     tokenizer = load_tokenizer(cfg.model)
     splits = protocol_splits(task, cfg.data.dir, cfg.eval.protocol, cfg.data.get("revision"))
-    data = {name: encode(df, task, tokenizer, cfg.data.max_len) for name, df in splits.items()}
+    cache = cfg.data.get("cache_dir")
+    data = {name: encode(df, task, tokenizer, cfg.data.max_len, cache) for name, df in splits.items()}
     n_train = len(data["train"])
     steps_per_epoch, total_steps = run_length(cfg.train, n_train)
     eval_every = cfg.train.eval_steps if cfg.train.eval_steps > 0 else steps_per_epoch
@@ -196,7 +197,7 @@ def _prepare(cfg, task) -> Setup:
         _check_scheduler(cfg)
         rows = memorization_rows(len(splits["train"]))
         data["memorization"] = encode(splits["train"].iloc[rows].reset_index(drop=True), task, tokenizer,
-                                      cfg.data.max_len)
+                                      cfg.data.max_len, cache)
     return Setup(data=data, pad_id=tokenizer.pad_token_id,
                  pad_to=cfg.data.max_len if cfg.data.pad_to_max_len else None, steps_per_epoch=steps_per_epoch,
                  total_steps=total_steps, eval_every=min(eval_every, total_steps), plan=plan,
@@ -249,8 +250,7 @@ class _Training:
                 batches = train_batches(len(train_set), train_set.lengths, cfg.train.batch_size, cfg.seed, epoch,
                                         cfg.data.group_by_length)
                 for idx in batches[offset:]:
-                    batch = collate([train_set.features[i] for i in idx], train_set.labels[idx], self.setup.pad_id,
-                                    self.setup.pad_to)
+                    batch = train_set.batch(idx, self.setup.pad_id, self.setup.pad_to)
                     batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                     loss, lrs = train_step(self.model, batch, self.method, optimizer, scheduler, self.step,
                                            self.trainable, cfg.train.max_grad_norm, self.autocast)
