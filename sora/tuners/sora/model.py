@@ -11,7 +11,7 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from sora.tuners.heads import apply_head_policy, head_modules_to_save
 from sora.tuners.sora.config import SoraConfig
 from sora.tuners.sora.layer import GATE_ATTR, SoraLinearVariant
-from sora.tuners.targets import target_regex
+from sora.tuners.targets import matrix_type, target_regex
 
 
 def get_sora_model(
@@ -59,7 +59,11 @@ HEAD_NAMES = ("pooler", "classifier", "score", "lm_head", "qa_outputs", "embed_o
 def block_linears(model: torch.nn.Module) -> list[str]:
     """Every linear (or GPT-2 ``Conv1D``) map inside a numbered block (``layers.3.``, ``h.3.``, ``layer.3.``):
     attention and MLP projections, never a pooler, a classifier or an LM head (peft's ``"all-linear"`` would adapt
-    an encoder's ``pooler.dense``)."""
+    an encoder's ``pooler.dense``). BERT/DeBERTa encoders get their six matrices (Q K V AO I O), as in SoRA's
+    GLUE experiments; DeBERTa's relative-position projections are not among them."""
+    six = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and matrix_type(n)]
+    if six:
+        return six
     out = []
     for name, module in model.named_modules():
         parts = name.split(".")
