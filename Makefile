@@ -63,6 +63,8 @@ tables: $(VENV)/.installed ## render tables and plots from every record under RE
 bench: $(VENV)/.installed ## the speed benchmarks -> results/bench/ (run on a quiet machine)
 	$(PY) scripts/bench_step.py
 	$(PY) scripts/bench_e2e.py
+	$(PY) scripts/bench_trainer.py
+	$(PY) scripts/bench_encode.py
 
 minilm-table: $(VENV)/.installed ## MRPC + STS-B x 3 methods x 3 seeds on real MiniLM weights -> results/minilm
 	$(PY) scripts/train.py -m experiment=minilm_table
