@@ -17,6 +17,7 @@ import resource
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -516,9 +517,9 @@ def _set_head_dropout(model, p) -> None:
 def _check_writable(results_dir: Path) -> None:
     try:
         results_dir.mkdir(parents=True, exist_ok=True)
-        with open(results_dir / ".write_test", "w"):
-            pass
-        (results_dir / ".write_test").unlink()
+        fd, probe = tempfile.mkstemp(dir=results_dir, prefix=".write_test.")  # per process: sweeps share the folder
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise UserError(f"results_dir {str(results_dir)!r} is not writable ({exc.strerror}); "
                         f"set results_dir=<a folder you can write>") from None
