@@ -100,6 +100,8 @@ def train(cfg) -> dict | None:
                 print(f"[sora] {rid}: finished record exists at {record_path}; not overwriting")
                 return existing
         handler = _log_to(run_dir / "log.txt")
+        # one line that names the run: a Slurm task's own log file says which run it was
+        print(f"[sora] {rid}: training (log {run_dir / 'log.txt'}; slurm job {slurm_job() or '-'})", flush=True)
         tracker = make_tracker(cfg, rid, run_dir)
         record = None
         try:
