@@ -49,7 +49,7 @@ class SoraCallback(TrainerCallback):
         self.model, self.config = model, config or model.sora_config
         self.gates = gate_parameters(model)
         self.export_dir = export_dir
-        self._l1_scale = 1.0
+        self._accumulation, self._processes = 1, 1  # set by attach() from the Trainer's args
 
     @classmethod
     def attach(cls, trainer, **kwargs) -> SoraCallback:

@@ -105,7 +105,7 @@ def train(cfg) -> dict | None:
         tracker = make_tracker(cfg, rid, run_dir)
         record = None
         try:
-            record = _run(cfg, task, rid, run_dir, record_path, tracker)
+            record = _run(cfg, task, rid, run_dir, record_path, tracker, fingerprint)
             return record
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
@@ -135,7 +135,7 @@ class Setup:
     schedule: object  # optim.SchedulePlan of the dense phase
 
 
-def _run(cfg, task, rid: str, run_dir: Path, record_path: Path, tracker) -> dict:
+def _run(cfg, task, rid: str, run_dir: Path, record_path: Path, tracker, fingerprint: str) -> dict:
     t0 = time.time()
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     device = _device(cfg.device)
@@ -148,7 +148,7 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path, tracker) -> dict
     setup = _prepare(cfg, task)
     extra = {}
     if cfg.method.get("rank_pattern_from"):  # the LoRA control with the ranks a SoRA run kept
-        extra["rank_pattern"] = sora_rank_pattern(cfg, data_fingerprint(task, cfg.data.dir, cfg.data.get("revision")))
+        extra["rank_pattern"] = sora_rank_pattern(cfg, fingerprint)
     base = load_model(cfg.model, task.num_labels, cfg.seed)
     _set_head_dropout(base, cfg.train.get("cls_dropout"))
     method = build_method(base, cfg.method, setup.total_steps, **extra)
@@ -174,17 +174,18 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path, tracker) -> dict
             run.stages(optimizer, scheduler)
     except NonFiniteLoss as exc:
         run.progress.close()
-        record = _record(cfg, task, rid, state, None, None, time.time() - t0, status="failed", error=str(exc))
-        write_record(record_path, record)
+        write_record(record_path, _record(cfg, task, rid, fingerprint, state, None, None, time.time() - t0,
+                                          status="failed", error=str(exc)))
         raise UserError(f"{exc}; the record is marked failed at {record_path}; lower train.lr or use "
                         f"train.precision=fp32") from None
     run.progress.close()
     if state["best"] is None:
         why = f"the selection metric {task.select_metric} was NaN at every evaluation (constant predictions?)"
-        write_record(record_path, _record(cfg, task, rid, state, None, None, time.time() - t0, status="failed",
-                                          error=why))
+        write_record(record_path, _record(cfg, task, rid, fingerprint, state, None, None, time.time() - t0,
+                                          status="failed", error=why))
         raise UserError(f"{why}; the record is marked failed at {record_path}; try another train.lr or more steps")
-    return _finish(cfg, task, rid, run_dir, record_path, setup, method, model, device, hidden, tracker, state, t0)
+    return _finish(cfg, task, rid, fingerprint, run_dir, record_path, setup, method, model, device, hidden, tracker,
+                   state, t0)
 
 
 def _prepare(cfg, task) -> Setup:
@@ -362,7 +363,8 @@ def slurm_job() -> str | None:
     return env.get("SLURM_JOB_ID")
 
 
-def _finish(cfg, task, rid, run_dir, record_path, setup, method, model, device, hidden, tracker, state, t0) -> dict:
+def _finish(cfg, task, rid, fingerprint, run_dir, record_path, setup, method, model, device, hidden, tracker, state,
+            t0) -> dict:
     """Load the (dense) best checkpoint, export it, count it, write the record."""
     extra = {}
     if len(setup.plan) > 1:
@@ -381,11 +383,10 @@ def _finish(cfg, task, rid, run_dir, record_path, setup, method, model, device, 
         shutil.rmtree(adapter_dir)
     method.export(adapter_dir, _backbone_name(cfg))
     elapsed = state["elapsed"] + time.time() - t0
-    record = _record(cfg, task, rid, state, ranks, params, elapsed, status="finished",
+    record = _record(cfg, task, rid, fingerprint, state, ranks, params, elapsed, status="finished",
                      schedule=getattr(method, "schedule", None), total_steps=setup.total_steps,
                      n_warmup=setup.schedule.warmup, formulas=formulas(cfg, method, setup),
-                     data={"fingerprint": data_fingerprint(task, cfg.data.dir, cfg.data.get("revision")),
-                           "rows": {name: len(d) for name, d in setup.data.items()}},
+                     data={"fingerprint": fingerprint, "rows": {name: len(d) for name, d in setup.data.items()}},
                      runtime=runtime(cfg, device), **extra)
     write_record(record_path, record)
     shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)  # finished: only the record and adapter are kept
@@ -468,7 +469,7 @@ def _better(value, best) -> bool:
     return best is None or (isinstance(best, float) and math.isnan(best)) or value > best
 
 
-def _record(cfg, task, rid, state, ranks, params, elapsed, status, error=None, **extra) -> dict:
+def _record(cfg, task, rid, fingerprint, state, ranks, params, elapsed, status, error=None, **extra) -> dict:
     best = state.get("best")
     report_split = task.dev_splits[0]
     return {
@@ -482,7 +483,7 @@ def _record(cfg, task, rid, state, ranks, params, elapsed, status, error=None, *
         "variant": cfg.method.get("variant"),
         "protocol": cfg.eval.protocol,
         "config": OmegaConf.to_container(cfg, resolve=True),
-        "identity": identity(cfg, data_fingerprint(task, cfg.data.dir, cfg.data.get("revision"))),
+        "identity": identity(cfg, fingerprint),
         "sweep": sweep_info(),
         "versions": _versions(),
         "git": _git(),

@@ -75,6 +75,15 @@ class LegacyAdamW(torch.optim.Optimizer):
             torch._foreach_add_(params, params, alpha=-group["lr"] * group["weight_decay"])
 
 
+def decay_groups(params, lr: float, weight_decay: float, eps: float) -> list[dict]:
+    """The HF Trainer's rule: matrices decay, biases and LayerNorm weights (1-d) do not."""
+    params = [p for p in params if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay, "lr": lr, "eps": eps,
+             "name": "adapter"},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr, "eps": eps,
+             "name": "adapter_no_decay"}]
+
+
 def build_optimizer(groups: list[dict], betas, device: torch.device, kind: str = "adamw") -> torch.optim.Optimizer:
     """Groups may carry their own ``betas``/``eps`` (the released gate optimizer has its own defaults)."""
     if kind == "adamw":

@@ -14,6 +14,7 @@ from peft import AdaLoraConfig, LoraConfig, TaskType, get_peft_model
 from peft.tuners.lora.layer import LoraLayer
 
 from sora.errors import UserError
+from sora.train.optim import decay_groups
 from sora.tuners.heads import apply_head_policy, head_modules_to_save
 from sora.tuners.sora import step as sora_step
 from sora.tuners.sora.config import SoraConfig
@@ -32,12 +33,7 @@ class Method:
         self.model = model
 
     def param_groups(self, lr: float, weight_decay: float, eps: float) -> list[dict]:
-        decay, no_decay = [], []
-        for p in self.model.parameters():
-            if p.requires_grad:
-                (decay if p.ndim >= 2 else no_decay).append(p)
-        return [{"params": decay, "weight_decay": weight_decay, "lr": lr, "eps": eps, "name": "adapter"},
-                {"params": no_decay, "weight_decay": 0.0, "lr": lr, "eps": eps, "name": "adapter_no_decay"}]
+        return decay_groups(self.model.parameters(), lr, weight_decay, eps)
 
     def extra_loss(self) -> torch.Tensor | None:
         return None

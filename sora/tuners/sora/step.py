@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from sora.train.optim import decay_groups
 from sora.tuners.sora.config import SoraConfig
 from sora.tuners.sora.layer import release_prox_, soft_threshold_
 from sora.tuners.sora.model import gate_l1
@@ -25,18 +26,14 @@ def param_groups(model, config: SoraConfig, lr: float, weight_decay: float, eps:
 
     gates = gate_parameters(model) if gates is None else gates
     gate_ids = {id(g) for g in gates}
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad and id(p) not in gate_ids:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+    others = decay_groups((p for p in model.parameters() if id(p) not in gate_ids), lr, weight_decay, eps)
     gate = {"params": gates, "weight_decay": 0.0, "lr": config.gate_lr or lr, "eps": eps, "name": GATE_GROUP}
     if config.variant == "code":
         # the released gates have their own SparseAdamW(params, lr) (run_glue.py:618): transformers 4.x AdamW
         # defaults eps 1e-6, betas (0.9, 0.999), no decay. AdamW is elementwise, so a param group with those
         # settings (and its own warmup, optim.schedule_plan) is the same update inside one optimizer
         gate.update(eps=1e-6, betas=(0.9, 0.999))
-    return [{"params": decay, "weight_decay": weight_decay, "lr": lr, "eps": eps, "name": "adapter"},
-            {"params": no_decay, "weight_decay": 0.0, "lr": lr, "eps": eps, "name": "adapter_no_decay"}, gate]
+    return [*others, gate]
 
 
 def l1_loss(gates: list[torch.Tensor], config: SoraConfig) -> torch.Tensor | None:
