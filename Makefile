@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test,wandb]"
+	$(PY) -m pip install -q -e ".[test,wandb,flash,trl]"
 	touch $@
 
 install: $(VENV)/.installed ## make .venv: CPU torch (TORCH=... for another build), the project, test tools

@@ -24,6 +24,8 @@ SCHEMA_VERSION = 1
 # keys that only say where and how a run is launched or watched: they never change its numbers
 LAUNCH_ONLY_KEYS = ("results_dir", "logger", "progress", "train.save_steps", "train.save_minutes", "train.log_steps",
                     "data.cache_dir", "hydra")
+# options added after records existed, dropped from the identity at their default so older run ids stay valid
+NEUTRAL_DEFAULTS = {"train.attention": "eager", "train.compile": False}
 
 
 def identity(cfg, data_fingerprint: str | None = None) -> dict:
@@ -33,6 +35,11 @@ def identity(cfg, data_fingerprint: str | None = None) -> dict:
     container = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
     if (container.get("scheduler") or {}).get("name", "none") == "none":
         container.pop("scheduler", None)  # the default adds nothing
+    for key, default in NEUTRAL_DEFAULTS.items():
+        section, leaf = key.split(".")
+        node = container.get(section)
+        if isinstance(node, dict) and leaf in node and node[leaf] == default:
+            node.pop(leaf)
     for key in LAUNCH_ONLY_KEYS:
         parent, _, leaf = key.rpartition(".")
         node = container

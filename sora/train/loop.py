@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from sora.attention import set_attention
 from sora.data.batching import encode, train_batches
 from sora.data.glue import SELECT_SEED, data_fingerprint, protocol_splits
 from sora.data.tasks import get_task
@@ -150,6 +151,7 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path, tracker, fingerp
     if cfg.method.get("rank_pattern_from"):  # the LoRA control with the ranks a SoRA run kept
         extra["rank_pattern"] = sora_rank_pattern(cfg, fingerprint)
     base = load_model(cfg.model, task.num_labels, cfg.seed)
+    base = set_attention(base, cfg.train.get("attention", "eager"), device)
     _set_head_dropout(base, cfg.train.get("cls_dropout"))
     method = build_method(base, cfg.method, setup.total_steps, **extra)
     model = method.model.to(device)
@@ -232,6 +234,8 @@ class _Training:
         self.method, self.model, self.device, self.autocast, self.tracker = method, model, device, autocast, tracker
         self.state, self.t0 = state, t0
         self.trainable = [p for p in model.parameters() if p.requires_grad]
+        # train.compile: the training forward runs compiled; weights, evaluation and checkpoints use the module itself
+        self.forward_model = torch.compile(model, dynamic=True) if cfg.train.get("compile") else model
         self.sparsify = len(setup.plan) > 1
         self.step = state["step"]
         self.progress = _progress(setup.plan[-1].end, self.step, enabled=cfg.progress, desc=rid)
@@ -256,7 +260,7 @@ class _Training:
                 for idx in batches[offset:]:
                     batch = train_set.batch(idx, self.setup.pad_id, self.setup.pad_to)
                     batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-                    loss, lrs = train_step(self.model, batch, self.method, optimizer, scheduler, self.step,
+                    loss, lrs = train_step(self.forward_model, batch, self.method, optimizer, scheduler, self.step,
                                            self.trainable, cfg.train.max_grad_norm, self.autocast)
                     self.step += 1
                     self._log_loss(loss, lrs, stage)
