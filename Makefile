@@ -54,6 +54,18 @@ frontier: $(VENV)/.installed ## accuracy vs retained params: SoRA xi grid, LoRA 
 	$(PY) scripts/train.py -m experiment=$(FRONTIER) task=$(TASK) method=adalora method.target_r=2,4,8 $(ARGS)
 	$(PY) scripts/aggregate.py --results $$($(PY) -c "from sora.config import load_config as l; print(l(['experiment=$(FRONTIER)']).results_dir)") --tasks $(TASK)
 
+EXPERIMENT ?= paper_table1
+RATE ?= --bench results/bench/step_time.json
+estimate: $(VENV)/.installed ## a sweep's tokens (ours vs static padding) and hours, before running it (EXPERIMENT=paper_table1 DATA=../shared/glue RATE="--tokens-per-s N" ARGS="model.tokenizer=../shared/deberta-v3-base")
+	$(PY) scripts/estimate_cost.py experiment=$(EXPERIMENT) $(if $(DATA),data.dir=$(DATA),) $(ARGS) $(RATE) --out results/bench/estimate_$(EXPERIMENT)
+
+SFT_DEMO := lm=tiny_llama train.lr=5e-3 train.epochs=3 results_dir=results/sft_demo
+sft-demo: $(VENV)/.installed ## instruction tuning, offline: SoRA, LoRA, AdaLoRA on a tiny random Llama + data/sft_sample (minutes)
+	$(PY) scripts/sft.py $(SFT_DEMO) method=sora method.variant=code method.xi=0.05 method.l1_coef=1 $(ARGS)
+	$(PY) scripts/sft.py $(SFT_DEMO) method=lora $(ARGS)
+	$(PY) scripts/sft.py $(SFT_DEMO) method=adalora method.tinit=10 method.tfinal=30 method.deltaT=5 $(ARGS)
+	$(PY) scripts/sft_summary.py results/sft_demo
+
 status: $(VENV)/.installed ## one line per run of the sweeps under RESULTS: finished / running / failed / missing
 	$(PY) scripts/status.py $(RESULTS) --rerun-failed
 
@@ -76,4 +88,4 @@ slurm-selftest: $(VENV)/.installed ## start a real one-node Slurm (root) and run
 notebooks: $(VENV)/.installed ## open the results notebooks (RESULTS_DIR in their first cell)
 	$(VENV)/bin/jupyter lab notebooks/
 
-.PHONY: help install demo test lint train smoke reproduce controlled frontier status tables notebooks bench minilm-table slurm-selftest
+.PHONY: help install demo test lint train smoke reproduce controlled frontier estimate sft-demo status tables notebooks bench minilm-table slurm-selftest

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sora.errors import UserError
 
-GROUPS = ("task", "method", "model", "experiment", "logger", "hparams_set", "scheduler")
+GROUPS = ("task", "method", "model", "experiment", "logger", "hparams_set", "scheduler", "lm")
 FAILURES: list[str] = []
 
 

@@ -78,9 +78,7 @@ class SoraMethod(Method):
     name = "sora"
 
     def __init__(self, base_model, cfg, total_steps: int):
-        self.config = SoraConfig(r_max=cfg.r_max, lora_alpha=cfg.lora_alpha, xi=cfg.xi, variant=cfg.variant,
-                                 gate_init=cfg.get("gate_init"), l1_coef=cfg.get("l1_coef") or 0.0,
-                                 gate_lr=cfg.get("gate_lr"), prox=cfg.get("prox"))
+        self.config = sora_config(cfg)
         super().__init__(get_sora_model(base_model, self.config, targets=cfg.targets, head=cfg.head,
                                         lora_dropout=cfg.lora_dropout))
         self.gates = gate_parameters(self.model)
@@ -99,6 +97,13 @@ class SoraMethod(Method):
 
     def export(self, out_dir, base_model_name_or_path):
         export_pruned_adapter(self.model, out_dir, base_model_name_or_path)
+
+
+def sora_config(cfg) -> SoraConfig:
+    """The ``method`` config node (GLUE or SFT) as a SoraConfig."""
+    return SoraConfig(r_max=cfg.r_max, lora_alpha=cfg.lora_alpha, xi=cfg.xi, variant=cfg.variant,
+                      gate_init=cfg.get("gate_init"), l1_coef=cfg.get("l1_coef") or 0.0,
+                      gate_lr=cfg.get("gate_lr"), prox=cfg.get("prox"))
 
 
 class LoraMethod(Method):
@@ -148,18 +153,10 @@ class AdaLoraMethod(Method):
         self.model.base_model.update_and_allocate(step)
 
     def ranks(self):
-        """Kept ranks from the budget mask (``rank_pattern``), not from non-zero E entries: between two mask steps
-        Adam revives masked entries, which the next mask step (and the export) drops again."""
-        pattern = self.model.peft_config["default"].rank_pattern
-        if not pattern:  # before the first mask step every rank is kept
-            return {name: self.init_r for name, _ in self._e_modules()}
-        return {key.removeprefix("base_model.model.").split(".lora_E")[0]: int(sum(mask))
-                for key, mask in pattern.items()}
+        return adalora_ranks(self.model, self.init_r)
 
     def _e_modules(self):
-        for name, module in self.model.named_modules():
-            if isinstance(module, LoraLayer) and hasattr(module, "lora_E") and "default" in module.lora_E:
-                yield name.removeprefix("base_model.model."), module
+        return adalora_modules(self.model)
 
     def snapshot(self):
         return copy.deepcopy(self.model.peft_config["default"].rank_pattern)
@@ -194,6 +191,21 @@ class AdaLoraMethod(Method):
         ra = self.model.base_model.rankallocator
         ra.ipt, ra.exp_avg_ipt, ra.exp_avg_unc = state["ipt"], state["exp_avg_ipt"], state["exp_avg_unc"]
         self.model.peft_config["default"].rank_pattern = state["rank_pattern"]
+
+
+def adalora_ranks(model, init_r: int) -> dict[str, int]:
+    """Kept ranks from the budget mask (``rank_pattern``), not from non-zero E entries: between two mask steps
+    Adam revives masked entries, which the next mask step (and the export) drops again."""
+    pattern = model.peft_config["default"].rank_pattern
+    if not pattern:  # before the first mask step every rank is kept
+        return {name: init_r for name, _ in adalora_modules(model)}
+    return {key.removeprefix("base_model.model.").split(".lora_E")[0]: int(sum(mask)) for key, mask in pattern.items()}
+
+
+def adalora_modules(model):
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and hasattr(module, "lora_E") and "default" in module.lora_E:
+            yield name.removeprefix("base_model.model."), module
 
 
 def adalora_schedule(cfg, total_steps: int) -> tuple[int, int, int]:
