@@ -171,23 +171,24 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path, tracker, fingerp
         method.config.xi = stage_now.xi
 
     run = _Training(cfg, task, rid, run_dir, setup, method, model, device, autocast, tracker, state, t0)
-    try:
-        with run.interrupts:
+    with run.interrupts:  # up to the record: a signal after the last step is noted and the run finishes instead
+        try:
             run.stages(optimizer, scheduler)
-    except NonFiniteLoss as exc:
+        except NonFiniteLoss as exc:
+            run.progress.close()
+            write_record(record_path, _record(cfg, task, rid, fingerprint, state, None, None, time.time() - t0,
+                                              status="failed", error=str(exc)))
+            raise UserError(f"{exc}; the record is marked failed at {record_path}; lower train.lr or use "
+                            f"train.precision=fp32") from None
         run.progress.close()
-        write_record(record_path, _record(cfg, task, rid, fingerprint, state, None, None, time.time() - t0,
-                                          status="failed", error=str(exc)))
-        raise UserError(f"{exc}; the record is marked failed at {record_path}; lower train.lr or use "
-                        f"train.precision=fp32") from None
-    run.progress.close()
-    if state["best"] is None:
-        why = f"the selection metric {task.select_metric} was NaN at every evaluation (constant predictions?)"
-        write_record(record_path, _record(cfg, task, rid, fingerprint, state, None, None, time.time() - t0,
-                                          status="failed", error=why))
-        raise UserError(f"{why}; the record is marked failed at {record_path}; try another train.lr or more steps")
-    return _finish(cfg, task, rid, fingerprint, run_dir, record_path, setup, method, model, device, hidden, tracker,
-                   state, t0)
+        if state["best"] is None:
+            why = f"the selection metric {task.select_metric} was NaN at every evaluation (constant predictions?)"
+            write_record(record_path, _record(cfg, task, rid, fingerprint, state, None, None, time.time() - t0,
+                                              status="failed", error=why))
+            raise UserError(f"{why}; the record is marked failed at {record_path}; try another train.lr or more "
+                            f"steps")
+        return _finish(cfg, task, rid, fingerprint, run_dir, record_path, setup, method, model, device, hidden,
+                       tracker, state, t0)
 
 
 def _prepare(cfg, task) -> Setup:
