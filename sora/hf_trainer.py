@@ -13,9 +13,9 @@ What each line holds that a naive callback gets wrong:
   integrations (wandb, TensorBoard) and ``state.log_history`` - a callback passed in ``callbacks=`` runs after
   them. It runs the prox step in ``on_optimizer_step`` (after ``optimizer.step()``, before
   ``lr_scheduler.step()``, with that step's gate lr; skipped when a grad scaler skipped the step), and adds the
-  ``code`` variant's L1 term to the model's training loss, once per optimizer step: divided over gradient
-  accumulation when the Trainer does not divide the loss itself (a model normalising by ``num_items_in_batch``),
-  not multiplied by the number of processes, absent from the eval loss, inside the clipped gradient as released.
+  ``code`` variant's L1 term to the Trainer's training loss (its ``compute_loss``, so TRL's too), once per
+  optimizer step: divided over gradient accumulation when the Trainer does not divide the loss itself, not
+  multiplied by the number of processes, absent from the eval loss, inside the clipped gradient as released.
   The math is ``sora.tuners.sora.step``, the same code our GLUE loop runs.
 """
 
@@ -49,28 +49,36 @@ class SoraCallback(TrainerCallback):
         self.model, self.config = model, config or model.sora_config
         self.gates = gate_parameters(model)
         self.export_dir = export_dir
-        self._accumulation, self._processes = 1, 1  # set by attach() from the Trainer's args
 
     @classmethod
     def attach(cls, trainer, **kwargs) -> SoraCallback:
-        """Wire SoRA into ``trainer``: first in its callbacks, the L1 term on its model's training loss."""
+        """Wire SoRA into ``trainer``: first in its callbacks, the L1 term on its training loss."""
         cb = cls(trainer.model, **kwargs)
         trainer.callback_handler.callbacks.insert(0, cb)
-        cb._accumulation = trainer.args.gradient_accumulation_steps
-        cb._processes = trainer.args.world_size if trainer.args.average_tokens_across_devices else 1
         if cb.config.l1_coef:
-            trainer.model.register_forward_hook(cb._add_l1, with_kwargs=True)
+            cb._add_l1_to(trainer)
         return cb
 
-    def _add_l1(self, module, args, kwargs, output):
-        loss = getattr(output, "loss", None) if not isinstance(output, tuple) else None
-        if not module.training or loss is None:
-            return output
-        scale = 1.0
-        if kwargs.get("num_items_in_batch") is not None:  # the Trainer will neither divide by GA nor average
-            scale = 1.0 / (self._accumulation * self._processes)  # tokens without multiplying by processes
-        output["loss"] = loss + scale * sora_step.l1_loss(self.gates, self.config)
-        return output
+    def _add_l1_to(self, trainer) -> None:
+        """Wrap ``trainer.compute_loss``, not the model's output: TRL's SFTTrainer computes its loss from the
+        model's log-probs and never reads ``output.loss``. The term is added after the Trainer's own
+        ``num_processes`` factor (DDP averages identical gate gradients: counted once) and divided over gradient
+        accumulation exactly when the Trainer will not divide the loss itself (its ``loss_is_scaled_for_ga``)."""
+        inner = trainer.compute_loss
+
+        def compute_loss(model, inputs, return_outputs=False, num_items_in_batch=None, **kw):
+            out = inner(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch, **kw)
+            if not model.training:  # evaluation: the eval loss stays the task's loss
+                return out
+            scaled = trainer.loss_is_scaled_for_ga
+            if scaled is None:
+                scaled = (trainer.model_accepts_loss_kwargs and num_items_in_batch is not None) \
+                    or trainer.compute_loss_func is not None
+            l1 = sora_step.l1_loss(self.gates, self.config)
+            l1 = l1 / trainer.current_gradient_accumulation_steps if scaled else l1
+            return (out[0] + l1, *out[1:]) if return_outputs else out + l1
+
+        trainer.compute_loss = compute_loss
 
     def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         if optimizer is None or getattr(optimizer, "step_was_skipped", False):

@@ -22,7 +22,8 @@ TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
 
 
 def _cfg(tmp_path, *overrides):
-    return load_config([f"results_dir={tmp_path}/sft", "train.max_steps=8", "train.eval_steps=4",
+    return load_config([f"results_dir={tmp_path}/sft", "train.max_steps=8", "train.eval_steps=4", "data.eval_rows=16",
+                        "data.eval_path=null",
                         "train.save_steps=4", "train.log_steps=2", *overrides], config_name="sft")
 
 
@@ -81,6 +82,11 @@ def test_total_steps_is_the_trainers_own_count(tmp_path):
     assert total_steps(cfg, 256) == 2 * math.ceil(32 / 3)  # 32 batches an epoch, 11 optimizer steps
 
 
+def _io(name):
+    """in + out features of a tiny-Llama matrix (hidden 64, 2 of 4 heads for k/v: 32, MLP 128), by hand."""
+    return {"q_proj": 128, "o_proj": 128, "k_proj": 96, "v_proj": 96}.get(name.rsplit(".", 1)[-1], 192)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method,lm,extra", [
     ("sora", "tiny_llama", ["method.variant=code", "method.xi=0.2", "method.l1_coef=1",
@@ -97,6 +103,10 @@ def test_sft_run_writes_a_record_skips_when_done_and_learns(method, lm, extra, t
     assert record["eval"]["loss"] < record["eval_before"]["loss"]  # the adapters learned something
     assert {p.name for p in run_dir.iterdir()} >= {"record.json", "metrics.jsonl", "ranks.png", "adapter"}
     assert not (run_dir / "trainer").exists()  # resume checkpoints go once the record is written
+    if lm == "tiny_llama":  # what the exported adapter holds: rank x (in + out), AdaLoRA + its E entries
+        extra = 1 if method == "adalora" else 0
+        expected = sum(r * (_io(n) + extra) for n, r in record["ranks"].items())
+        assert record["params"]["retained_adapter"] == expected > 0
     grid = record["rank_grid"]
     assert all(len(layers) == 2 for layers in grid.values())  # two layers in every matrix row
     if method == "sora":
@@ -111,7 +121,12 @@ def test_sft_run_writes_a_record_skips_when_done_and_learns(method, lm, extra, t
 
 
 @pytest.mark.slow
-def test_an_interrupted_sft_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+@pytest.mark.parametrize("extra", [
+    ["method=sora", "method.variant=code", "method.xi=0.2", "method.l1_coef=1", "train.lr=5e-3"],
+    # AdaLoRA: peft trims its checkpoints to the budget mask, which a fresh model cannot load; masks from step 2
+    ["method=adalora", "method.tinit=2", "method.tfinal=2", "method.deltaT=1", "method.init_r=6", "method.target_r=2"],
+], ids=["sora", "adalora"])
+def test_an_interrupted_sft_run_resumes_to_the_uninterrupted_result(extra, tmp_path, monkeypatch):
     from transformers import Trainer, TrainerCallback
 
     import sora.sft.run as run_module
@@ -126,7 +141,6 @@ def test_an_interrupted_sft_run_resumes_to_the_uninterrupted_result(tmp_path, mo
             super().__init__(*a, **kw)
             self.add_callback(Crash())
 
-    extra = ["method.variant=code", "method.xi=0.2", "method.l1_coef=1", "train.lr=5e-3"]
     clean = run_sft(_cfg(tmp_path / "clean", *extra))
     cfg = _cfg(tmp_path / "cut", *extra)
     monkeypatch.setattr(run_module, "Trainer", CrashingTrainer)

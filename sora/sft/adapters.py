@@ -7,12 +7,20 @@ from pathlib import Path
 
 import torch
 from peft import AdaLoraConfig, LoraConfig, get_peft_model
+from peft.tuners.lora.layer import LoraLayer
 from transformers import TrainerCallback
 
 from sora.errors import UserError
 from sora.hf_trainer import SoraCallback, sora_optimizer
 from sora.train.optim import build_optimizer, decay_groups
-from sora.tuners.methods import adalora_ranks, adalora_schedule, sora_config, validate_method_config
+from sora.tuners.methods import (
+    adalora_ranks,
+    adalora_schedule,
+    adalora_state,
+    load_adalora_state,
+    sora_config,
+    validate_method_config,
+)
 from sora.tuners.sora.export import export_pruned_adapter
 from sora.tuners.sora.model import _is_conv1d, block_linears, get_sora_model, infer_task_type, lora_linears, sora_ranks
 
@@ -45,12 +53,16 @@ class SftAdapter:
     def attach(self, trainer) -> None:
         pass
 
+    def resume_from(self, checkpoint: str | None) -> None:
+        """Method state a Trainer checkpoint does not restore by itself (called before ``trainer.train``)."""
+
     def ranks(self) -> dict[str, int]:
         raise NotImplementedError
 
     def retained_params(self) -> int:
         """What the exported adapter holds: rank x (in + out) per module (AdaLoRA also keeps its E entries)."""
-        shapes = {name: m.in_features + m.out_features for name, m in lora_linears(self.model)}
+        shapes = {name.removeprefix("base_model.model."): m.in_features + m.out_features
+                  for name, m in self.model.named_modules() if isinstance(m, LoraLayer)}
         extra = 1 if isinstance(self, AdaLoraSft) else 0
         return sum(r * (shapes[name] + extra) for name, r in self.ranks().items())
 
@@ -106,22 +118,47 @@ class AdaLoraSft(SftAdapter):
             total_step=total_steps)))
 
     def attach(self, trainer):
-        trainer.add_callback(_AdaLoraAllocate(self.model))
+        self.callback = _AdaLoraAllocate(self.model)
+        trainer.add_callback(self.callback)
+
+    def resume_from(self, checkpoint):
+        self.callback.resume_dir = checkpoint
 
     def ranks(self):
         return adalora_ranks(self.model, self.init_r)
 
 
+ADALORA_STATE = "adalora_state.pt"
+
+
 class _AdaLoraAllocate(TrainerCallback):
-    """peft #1801: the Trainer never calls ``update_and_allocate``; without it ranks stay at init_r. Runs after
-    ``optimizer.step()``, while the gradients (its sensitivity) are still there, with the 0-based step our loop
-    passes too."""
+    """AdaLoRA in a stock Trainer. peft #1801: the Trainer never calls ``update_and_allocate`` (ranks would stay
+    at init_r); here it runs after ``optimizer.step()``, while the gradients (its sensitivity) are still there,
+    with the 0-based step our loop passes too. And resume: peft saves a checkpoint trimmed to the budget mask,
+    which a fresh full-rank model cannot load; each checkpoint is rewritten at full rank with the allocator's
+    state beside it, restored once the Trainer has loaded the weights."""
 
     def __init__(self, model):
-        self.model = model
+        self.model, self.resume_dir = model, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.resume_dir:
+            load_adalora_state(self.model, torch.load(Path(self.resume_dir) / ADALORA_STATE, weights_only=False))
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.model.base_model.update_and_allocate(state.global_step)
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        config = self.model.peft_config["default"]
+        pattern, config.rank_pattern = config.rank_pattern, None
+        try:
+            self.model.save_pretrained(str(checkpoint))
+        finally:
+            config.rank_pattern = pattern
+        torch.save(adalora_state(self.model), checkpoint / ADALORA_STATE)
 
 
 ADAPTERS = {"sora": SoraSft, "lora": LoraSft, "adalora": AdaLoraSft}

@@ -117,7 +117,9 @@ def _train(cfg, rid: str, run_dir: Path, tokenizer, data: SftData) -> dict:
     trainer = Trainer(model=adapter.model, args=args, train_dataset=data.train, eval_dataset=data.eval,
                       data_collator=collator, optimizers=(adapter.optimizer(args, cfg.train.optimizer), None))
     adapter.attach(trainer)
-    trainer.train(resume_from_checkpoint=get_last_checkpoint(args.output_dir))
+    checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    adapter.resume_from(checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
     after = token_perplexity(adapter.model, data.eval, collator, args.per_device_eval_batch_size)
     ranks = adapter.ranks()
     adapter.export(run_dir / "adapter")

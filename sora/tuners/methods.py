@@ -183,14 +183,23 @@ class AdaLoraMethod(Method):
                 torch._foreach_copy_(e, saved)
 
     def extra_state(self):
-        ra = self.model.base_model.rankallocator
-        return {"ipt": ra.ipt, "exp_avg_ipt": ra.exp_avg_ipt, "exp_avg_unc": ra.exp_avg_unc,
-                "rank_pattern": self.model.peft_config["default"].rank_pattern}
+        return adalora_state(self.model)
 
     def load_extra_state(self, state):
-        ra = self.model.base_model.rankallocator
-        ra.ipt, ra.exp_avg_ipt, ra.exp_avg_unc = state["ipt"], state["exp_avg_ipt"], state["exp_avg_unc"]
-        self.model.peft_config["default"].rank_pattern = state["rank_pattern"]
+        load_adalora_state(self.model, state)
+
+
+def adalora_state(model) -> dict:
+    """What a resume needs beyond the weights: the allocator's sensitivity averages and the budget mask."""
+    ra = model.base_model.rankallocator
+    return {"ipt": ra.ipt, "exp_avg_ipt": ra.exp_avg_ipt, "exp_avg_unc": ra.exp_avg_unc,
+            "rank_pattern": model.peft_config["default"].rank_pattern}
+
+
+def load_adalora_state(model, state: dict) -> None:
+    ra = model.base_model.rankallocator
+    ra.ipt, ra.exp_avg_ipt, ra.exp_avg_unc = state["ipt"], state["exp_avg_ipt"], state["exp_avg_unc"]
+    model.peft_config["default"].rank_pattern = state["rank_pattern"]
 
 
 def adalora_ranks(model, init_r: int) -> dict[str, int]:
