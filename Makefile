@@ -61,7 +61,7 @@ estimate: $(VENV)/.installed ## a sweep's tokens (ours vs static padding) and ho
 
 SFT_DEMO := lm=tiny_llama train.lr=5e-3 train.epochs=3 results_dir=results/sft_demo
 sft-demo: $(VENV)/.installed ## instruction tuning, offline: SoRA, LoRA, AdaLoRA on a tiny random Llama + data/sft_sample (minutes)
-	$(PY) scripts/sft.py $(SFT_DEMO) method=sora method.variant=code method.xi=0.05 method.l1_coef=1 $(ARGS)
+	$(PY) scripts/sft.py $(SFT_DEMO) method=sora method.variant=code method.xi=0.01 method.l1_coef=1 $(ARGS)
 	$(PY) scripts/sft.py $(SFT_DEMO) method=lora $(ARGS)
 	$(PY) scripts/sft.py $(SFT_DEMO) method=adalora method.tinit=10 method.tfinal=30 method.deltaT=5 $(ARGS)
 	$(PY) scripts/sft_summary.py results/sft_demo
