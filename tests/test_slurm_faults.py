@@ -10,11 +10,11 @@ best metrics, ranks, params - to a clean local run of the same configs; and, cou
 
 Faults: ``scancel --signal=USR2`` (submitit's timeout/preemption signal), ``scancel --signal=TERM`` and a real
 partition preemption (SIGTERM), ``scontrol requeue`` of a running array task, a node set DOWN then resumed, a
-power cut (slurmd, slurmstepd and the runs kill -9'd, node DOWN: no signal at all), and ``--time`` (1 minute).
+power cut (slurmd, slurmstepd and the runs kill -9'd, node DOWN: no signal at all), and ``--time`` (2 minutes).
 
 Slurm holds a requeued job for 120 s (its BeginTime) before it may start again; a helper thread here shortens that
-hold to 15 s (``scontrol update StartTime=now``) so the suite takes minutes; a real cluster just waits.
-``SORA_SLURM_FAULTS=ci`` keeps the CI-sized subset (signals, node down).
+hold (``scontrol update StartTime=now``) to 15 s, 75 s after a node failure, so the suite takes minutes.
+``SORA_SLURM_FAULTS=ci`` keeps the CI-sized subset: one sweep, USR2 + SIGTERM + ``scontrol requeue`` (~2.5 min).
 """
 
 from __future__ import annotations
@@ -80,16 +80,28 @@ def cluster():
     thread.join()
 
 
+HOLD_S = {"s": 15}  # how long a requeued job of ours stays held (Slurm: 120 s)
+
+
 def _lift_requeue_holds(stop: threading.Event) -> None:
-    """Start a requeued job of ours early - 15 s after its requeue (its SubmitTime), not 120: the hold exists so
-    that the old run's steps are gone first (KillWait is 5 s here); a job started while its old step still ends
-    gets that step's exit and ends FAILED (seen here when the hold was lifted at once)."""
+    """Start a requeued job of ours HOLD_S after its requeue (its SubmitTime), not 120 s. The hold exists so that
+    the old run is gone first: lifted at once, a job started while its old step still ended got that step's exit
+    and ended FAILED (seen here); and after a node failure slurmctld re-sends the old instance's kill about 60 s
+    later, which killed a requeued job that had started again on the returned node (seen here)."""
     while not stop.wait(1):
         out = subprocess.run(["squeue", "-h", "-t", "PD", "-n", NAME, "-o", "%i %r %V"], capture_output=True, text=True)
         for line in out.stdout.splitlines():
             job, reason, since = line.split(" ", 2)
-            if reason == "BeginTime" and time.time() - datetime.fromisoformat(since).timestamp() >= 15:
+            if reason == "BeginTime" and time.time() - datetime.fromisoformat(since).timestamp() >= HOLD_S["s"]:
                 subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], capture_output=True)
+
+
+@pytest.fixture
+def node_failure_hold():
+    """Node failures: requeued jobs wait 75 s, past slurmctld's resent kill of their old instance."""
+    HOLD_S["s"] = 75
+    yield
+    HOLD_S["s"] = 15
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +245,8 @@ def test_preemption_by_a_higher_priority_partition(cluster, reference, tmp_path,
         assert {e["signal"] for e in evs} == {"SIGTERM"}
 
 
-def test_node_set_down_mid_run_then_resumed(cluster, reference, tmp_path, say):
+@pytest.mark.skipif(CI_ONLY, reason="SORA_SLURM_FAULTS=ci: the CI subset")
+def test_node_set_down_mid_run_then_resumed(cluster, reference, tmp_path, say, node_failure_hold):
     sweep = Sweep(tmp_path / "res", "hydra.launcher.timeout_min=10", "hydra.launcher.max_num_timeout=3")
     sweep.wait_all_at(25)
     _sh("scontrol", "update", f"nodename={cluster}", "state=down", "reason=fault-suite")
@@ -241,11 +254,13 @@ def test_node_set_down_mid_run_then_resumed(cluster, reference, tmp_path, say):
     _sh("scontrol", "update", f"nodename={cluster}", "state=resume", check=False)  # ReturnToService may beat us
     events = check(sweep, reference, sweep.finish(), "node DOWN, then resumed", say)
     for evs in events.values():
-        assert_signalled(evs)  # slurmd still lives: it sends the step SIGTERM before SIGKILL
+        # slurmd still lives and sends the step SIGTERM, but srun's node-failure exit may SIGKILL a run before it
+        # ends its step (seen here): the bound is then the checkpoint interval
+        assert evs and all(e["redone"] <= (1 if e["signal"] else SAVE_STEPS) for e in evs), evs
 
 
 @pytest.mark.skipif(CI_ONLY, reason="SORA_SLURM_FAULTS=ci: the CI subset")
-def test_power_cut_loses_at_most_the_checkpoint_interval(cluster, reference, tmp_path, say):
+def test_power_cut_loses_at_most_the_checkpoint_interval(cluster, reference, tmp_path, say, node_failure_hold):
     """No signal at all: slurmd, the job steps and the runs are kill -9'd at once, then the node is marked DOWN."""
     sweep = Sweep(tmp_path / "res", "hydra.launcher.timeout_min=10", "hydra.launcher.max_num_timeout=3")
     sweep.wait_all_at(25)
@@ -279,15 +294,16 @@ def _wait_node_free_of(name: str, timeout: float = 60) -> None:
 
 
 def _power_cut(node: str) -> None:
-    """kill -9, in one call, slurmd and every process of the sweep's jobs with their slurmstepd (by pid: the
-    job pids from `scontrol listpids`, their parents); mark the node DOWN; bring slurmd back."""
+    """Freeze, then kill -9, slurmd and every process of the sweep's jobs with their slurmstepd (by pid: the job
+    pids from `scontrol listpids` and their parents), step daemons first: a step daemon left alive a moment reports
+    its job's end (FAILED, not requeued) before the node is marked DOWN (seen here). Then DOWN; slurmd back."""
     jobs = set(_sh("squeue", "-h", "-t", "R", "-n", NAME, "-o", "%A").split())
-    rows = [line.split() for line in _sh("scontrol", "listpids").splitlines()[1:]]
-    pids = {int(r[0]) for r in rows if r[1] in jobs}
-    steps = {_ppid(p) for p in pids}
-    steps = {p for p in steps if p and Path(f"/proc/{p}/comm").read_text().strip() == "slurmstepd"}
-    slurmd = int(Path("/var/spool/slurm/slurmd.pid").read_text())
-    subprocess.run(["kill", "-9", str(slurmd), *map(str, pids | steps)], capture_output=True)
+    rows = [line.split() for line in _sh("scontrol", "listpids", check=False).splitlines()[1:]]
+    pids = {int(r[0]) for r in rows if len(r) > 1 and r[1] in jobs}
+    steps = {p for p in map(_ppid, pids) if p and Path(f"/proc/{p}/comm").read_text().strip() == "slurmstepd"}
+    order = [*map(str, steps), Path("/var/spool/slurm/slurmd.pid").read_text().strip(), *map(str, pids)]
+    subprocess.run(["kill", "-STOP", *order], capture_output=True)
+    subprocess.run(["kill", "-KILL", *order], capture_output=True)
     _sh("scontrol", "update", f"nodename={node}", "state=down", "reason=power-cut")
     _wait_node_free_of(NAME)
     _sh("slurmd")
