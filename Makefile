@@ -59,6 +59,10 @@ RATE ?= --bench results/bench/step_time.json
 estimate: $(VENV)/.installed ## a sweep's tokens (ours vs static padding) and hours, before running it (EXPERIMENT=paper_table1 DATA=../shared/glue RATE="--tokens-per-s N" ARGS="model.tokenizer=../shared/deberta-v3-base")
 	$(PY) scripts/estimate_cost.py experiment=$(EXPERIMENT) $(if $(DATA),data.dir=$(DATA),) $(ARGS) $(RATE) --out results/bench/estimate_$(EXPERIMENT)
 
+DEVICE ?= auto
+gpu-check: $(VENV)/.installed ## the GPU path measured on the GPU at hand (<= 8 min, offline) -> results/bench/gpu_<card>.{json,md}; DEVICE=cpu: the CPU smoke run
+	DEVICE=$(DEVICE) PY=$(PY) scripts/gpu_check.sh $(ARGS)
+
 SFT_DEMO := lm=tiny_llama train.lr=5e-3 train.epochs=3 results_dir=results/sft_demo
 sft-demo: $(VENV)/.installed ## instruction tuning, offline: SoRA, LoRA, AdaLoRA on a tiny random Llama + data/sft_sample (minutes)
 	$(PY) scripts/sft.py $(SFT_DEMO) method=sora method.variant=code method.xi=0.01 method.l1_coef=1 $(ARGS)
@@ -88,4 +92,4 @@ slurm-selftest: $(VENV)/.installed ## start a real one-node Slurm (root) and run
 notebooks: $(VENV)/.installed ## open the results notebooks (RESULTS_DIR in their first cell)
 	$(VENV)/bin/jupyter lab notebooks/
 
-.PHONY: help install demo test lint train smoke reproduce controlled frontier estimate sft-demo status tables notebooks bench minilm-table slurm-selftest
+.PHONY: help install demo test lint train smoke reproduce controlled frontier estimate gpu-check sft-demo status tables notebooks bench minilm-table slurm-selftest
