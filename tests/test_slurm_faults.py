@@ -218,6 +218,16 @@ def check(sweep: Sweep, ref: Reference, wall: float, label: str, say) -> dict[st
         assert [{k: e.get(k) for k in keep} for e in rec["evals"]] == [{k: e.get(k) for k in keep}
                                                                        for e in ref["evals"]], rid
         assert (rec["best"], rec["ranks"], rec["params"]) == (ref["best"], ref["ranks"], ref["params"]), rid
+    jobs = {rec["runtime"]["slurm_job"] for rec in found.values()}
+    array = next(iter(jobs)).split("_")[0]
+    assert jobs == {f"{array}_{i}" for i in range(6)}  # each run ended in its own array task, requeued, not resubmitted
+    if shutil.which("sacct") and not subprocess.run(["sacct", "-n"], capture_output=True).returncode:
+        for _ in range(60):  # the client is done at the last result file; the tasks end (and reach sacct) just after
+            states = _sh("sacct", "-n", "-X", "-j", array, "-o", "State").split()
+            if states == ["COMPLETED"] * 6:
+                break
+            time.sleep(1)
+        assert states == ["COMPLETED"] * 6, states  # every task's last attempt (earlier ones: sacct -D)
     events = {rid: interruptions((sweep.results / "records" / rid / "log.txt").read_text(), rid) for rid in found}
     for rid, evs in events.items():
         computed = len(re.findall(r"step \d+ computed", (sweep.results / "records" / rid / "log.txt").read_text()))
