@@ -5,8 +5,9 @@ Every multirun leaves ``<results_dir>/hydra/sweeps/<start time>/multirun.yaml`` 
 the runs a sweep should produce are known even when some never started: the sweeper's parameters and the
 command line are expanded as Hydra's basic sweeper expands them, each job's config composed and its run id
 computed. A run is then ``finished`` (record), ``failed`` (record, with its reason), ``running`` (its lock is
-held; step k of n and the last selection metric from ``progress.json``), ``interrupted`` (a checkpoint, no
-lock: re-running resumes it), ``started`` (a folder, no checkpoint yet) or ``missing``.
+held; step k of n - from ``progress.json`` or the last checkpoint's ``step.json``, whichever is later - and the
+last selection metric), ``interrupted`` (a checkpoint, no lock: re-running resumes it), ``started`` (a folder,
+no checkpoint yet) or ``missing``.
 """
 
 from __future__ import annotations
@@ -111,7 +112,10 @@ def run_status(run_dir: Path) -> RunStatus:
             return RunStatus(rid, "finished", f"{best['main_metric']} {best['main']:.4f} at step {best['step']}",
                              slurm=slurm)
         return RunStatus(rid, "failed", rec.get("error") or "failed", slurm=slurm)
-    where = f"step {progress.get('step', '?')} of {progress.get('total', '?')}"
+    step, saved = progress.get("step", "?"), _json(run_dir / "checkpoint" / "step.json").get("step")
+    if isinstance(saved, int) and not (isinstance(step, int) and step >= saved):
+        step = saved  # the last checkpoint is newer than the last evaluation
+    where = f"step {step} of {progress.get('total', '?')}"
     if progress.get("select") is not None:
         where += f", last {progress.get('select_metric')} {progress['select']:.4f}"
     if _locked(run_dir):

@@ -7,14 +7,17 @@ is a pure function of (seed, epoch), so the step number fixes where in the epoch
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from sora.errors import UserError
+from sora.records import atomic_write_text
 
 
 def save_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, method, state: dict, rid: str, elapsed: float) -> None:
@@ -39,6 +42,16 @@ def save_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, method, state: 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _note_step(ckpt_dir, state["step"])
+
+
+def _note_step(ckpt_dir: Path, step: int) -> None:
+    """``step.json`` beside the checkpoint: `make status` shows the step a run resumes from without loading it
+    (progress.json moves only at evaluations). Informational: a full disk here costs nothing."""
+    try:
+        atomic_write_text(ckpt_dir / "step.json", json.dumps({"step": step, "saved": time.time()}) + "\n")
+    except OSError:
+        pass
 
 
 def read_checkpoint(ckpt_dir: Path, rid: str) -> dict | None:
