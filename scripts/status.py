@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -30,7 +31,13 @@ def main(argv=None) -> int:
     print(f"\n{len(statuses)} runs: " + ", ".join(f"{counts[k]} {k}" for k in order if counts[k]))
     if args.rerun_failed:
         cmds = rerun_commands(statuses)
-        print("\n" + ("\n".join(cmds) if cmds else "nothing to rerun (failed/missing runs need a recorded sweep)"))
+        none = ("nothing to rerun (failed/missing runs need a recorded sweep)" if counts["failed"] + counts["missing"]
+                + counts["started"] else "nothing failed or missing")
+        print("\n" + ("\n".join(cmds) if cmds else none))
+        stopped = [replace(s, state="failed") for s in statuses if s.state == "interrupted"]
+        if stopped:  # a requeued Slurm task resumes them by itself; a cancelled one never comes back
+            print(f"\n{len(stopped)} interrupted: resumed by their requeued Slurm task if any, else by re-running:")
+            print("\n".join(f"  {cmd}" for cmd in rerun_commands(stopped)))
     return 0
 
 

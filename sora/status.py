@@ -16,6 +16,7 @@ import fcntl
 import itertools
 import json
 import os
+import shlex
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,16 +68,24 @@ def sweep_jobs(multirun_yaml: Path) -> list[list[str]]:
     return [list(job) for job in itertools.product(*final.values())]
 
 
+def launch_overrides(multirun_yaml: Path) -> list[str]:
+    """The multirun's ``hydra...`` overrides (``hydra/launcher=slurm``, its partition...): a rerun launches alike."""
+    cfg = OmegaConf.load(multirun_yaml)
+    return [o for o in cfg.hydra.overrides.get("hydra", []) if not o.startswith("hydra.mode=")]
+
+
 def expected_runs(results_dir: Path) -> dict[str, list[str]]:
-    """run id -> overrides, for every job of every multirun recorded under ``results_dir``."""
+    """run id -> overrides (the job's, then its sweep's hydra ones), for every job of every multirun recorded
+    under ``results_dir``."""
     from sora.config import load_config
     from sora.records import run_id
 
     out = {}
     for path in sorted(results_dir.glob("hydra/sweeps/*/multirun.yaml")):
+        launch = launch_overrides(path)
         for job in sweep_jobs(path):
             try:
-                out[run_id(load_config(job))] = job
+                out[run_id(load_config(job))] = job + launch
             except Exception:  # a job whose config does not compose fails at launch and says why there
                 continue
     return out
@@ -148,7 +157,7 @@ def rerun_commands(statuses: list[RunStatus]) -> list[str]:
     cmds = []
     for rest, seeds in groups.items():
         seed_arg = [f"seed={','.join(s for s in seeds if s is not None)}"] if any(seeds) else []
-        cmds.append(" ".join(["python scripts/train.py -m", *rest, *seed_arg]))
+        cmds.append(" ".join(["python scripts/train.py -m", *map(shlex.quote, [*rest, *seed_arg])]))
     return cmds
 
 
