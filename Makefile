@@ -86,7 +86,7 @@ minilm-table: $(VENV)/.installed ## MRPC + STS-B x 3 methods x 3 seeds on real M
 	$(PY) scripts/train.py -m experiment=minilm_table
 	$(PY) scripts/aggregate.py --results results/minilm
 
-slurm-selftest: $(VENV)/.installed ## start a real one-node Slurm (root) and run a 2-job sweep through it
+slurm-selftest: $(VENV)/.installed ## start a real one-node Slurm (root) and run the Slurm tests: a clean 2-job sweep + the fault suite (~12 min)
 	PY=$(PY) bash scripts/slurm_selftest.sh
 
 notebooks: $(VENV)/.installed ## open the results notebooks (RESULTS_DIR in their first cell)
