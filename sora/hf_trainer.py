@@ -27,6 +27,7 @@ import torch
 from transformers import TrainerCallback
 
 from sora.train.optim import build_optimizer
+from sora.train.step import optimizer_kind
 from sora.tuners.sora import step as sora_step
 from sora.tuners.sora.config import SoraConfig
 from sora.tuners.sora.export import export_pruned_adapter
@@ -38,9 +39,8 @@ def sora_optimizer(model, args, config: SoraConfig | None = None, kind: str = "a
     """The optimizer for ``Trainer(optimizers=(this, None))``: decay / no-decay / gate groups from ``args``."""
     config = config or model.sora_config
     groups = sora_step.param_groups(model, config, args.learning_rate, args.weight_decay, args.adam_epsilon)
-    if kind == "auto":
-        kind = "adamw_hf_legacy" if config.variant == "code" else "adamw"
     device = next(p.device for p in model.parameters() if p.requires_grad)
+    kind = optimizer_kind({"optimizer": kind}, {"variant": config.variant})  # auto: the code variant's formula
     return build_optimizer(groups, (args.adam_beta1, args.adam_beta2), device, kind)
 
 

@@ -13,7 +13,10 @@ import hashlib
 import json
 import math
 import os
+import platform
+import subprocess
 import tempfile
+from importlib import metadata
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -32,21 +35,7 @@ def identity(cfg, data_fingerprint: str | None = None) -> dict:
     """Everything that changes a run's numbers: the resolved config without launch-only keys, with the data
     folder replaced by a fingerprint of the data it holds (two folders with the same files are one run; the
     hub sample and the full hub split are two)."""
-    container = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
-    if (container.get("scheduler") or {}).get("name", "none") == "none":
-        container.pop("scheduler", None)  # the default adds nothing
-    for key, default in NEUTRAL_DEFAULTS.items():
-        section, leaf = key.split(".")
-        node = container.get(section)
-        if isinstance(node, dict) and leaf in node and node[leaf] == default:
-            node.pop(leaf)
-    for key in LAUNCH_ONLY_KEYS:
-        parent, _, leaf = key.rpartition(".")
-        node = container
-        for part in filter(None, parent.split(".")):
-            node = node.get(part, {})
-        if isinstance(node, dict):
-            node.pop(leaf, None)
+    container = drop_launch_keys(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg))
     data = dict(container.get("data") or {})
     if data_fingerprint is None:
         data_fingerprint = _fingerprint_for(container)
@@ -54,6 +43,51 @@ def identity(cfg, data_fingerprint: str | None = None) -> dict:
     data["fingerprint"] = data_fingerprint
     container["data"] = data
     return container
+
+
+def drop_launch_keys(container: dict, extra: tuple[str, ...] = ()) -> dict:
+    """A resolved config (dict, changed in place) without what never changes a run's numbers: launch-only keys
+    (and ``extra``), a scheduler of ``none``, options still at their neutral default."""
+    if (container.get("scheduler") or {}).get("name", "none") == "none":
+        container.pop("scheduler", None)  # the default adds nothing
+    for key, default in NEUTRAL_DEFAULTS.items():
+        section, leaf = key.split(".")
+        node = container.get(section)
+        if isinstance(node, dict) and leaf in node and node[leaf] == default:
+            node.pop(leaf)
+    for key in (*LAUNCH_ONLY_KEYS, *extra):
+        parent, _, leaf = key.rpartition(".")
+        node = container
+        for part in filter(None, parent.split(".")):
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return container
+
+
+PACKAGES = ("torch", "transformers", "peft", "hydra-core", "datasets", "scikit-learn", "scipy", "numpy")
+
+
+def package_versions() -> dict:
+    """What the record's numbers were computed with (tables split configurations on these)."""
+    out = {"python": platform.python_version()}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def git_state() -> dict:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5)
+        return {"commit": sha.stdout.strip() or None, "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
 
 
 def _fingerprint_for(container: dict) -> str:

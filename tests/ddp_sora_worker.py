@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments  # noqa: E402
 
 from sora import SoraCallback, SoraConfig, get_sora_model, sora_optimizer  # noqa: E402
+from sora.sft.data import Collator  # noqa: E402
 from sora.tuners.sora.model import gate_parameters  # noqa: E402
 
 
@@ -23,19 +24,8 @@ def rows(n=48):
         ids = torch.randint(3, 100, (length,), generator=g)
         labels = ids.clone()
         labels[:3] = -100  # a masked "prompt"
-        out.append({"input_ids": ids, "labels": labels})
+        out.append({"input_ids": ids.tolist(), "labels": labels.tolist()})
     return out
-
-
-def collate(batch):
-    width = max(len(b["input_ids"]) for b in batch)
-    ids = torch.zeros(len(batch), width, dtype=torch.long)
-    labels = torch.full((len(batch), width), -100)
-    mask = torch.zeros(len(batch), width, dtype=torch.long)
-    for i, b in enumerate(batch):
-        n = len(b["input_ids"])
-        ids[i, :n], labels[i, :n], mask[i, :n] = b["input_ids"], b["labels"], 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
 def main(out_dir: str, per_device_batch: int, steps: int = 8) -> None:
@@ -48,7 +38,7 @@ def main(out_dir: str, per_device_batch: int, steps: int = 8) -> None:
                              train_sampling_strategy="sequential", report_to="none", save_strategy="no",
                              use_cpu=True, disable_tqdm=True, seed=0,
                              ddp_backend="gloo" if "WORLD_SIZE" in os.environ else None)
-    trainer = Trainer(model=model, args=args, train_dataset=rows(), data_collator=collate,
+    trainer = Trainer(model=model, args=args, train_dataset=rows(), data_collator=Collator(pad_id=0),
                       optimizers=(sora_optimizer(model, args), None))
     SoraCallback.attach(trainer, export_dir=None)
     trainer.train()

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from sora.errors import UserError
-from sora.records import LAUNCH_ONLY_KEYS, CorruptRecord, read_record
+from sora.records import CorruptRecord, drop_launch_keys, read_record
 from sora.tuners.targets import matrix_type
 
 PAPER_MODEL = "deberta_v3_base"
@@ -59,17 +59,7 @@ def flat_identity(rec: dict, pool_code: bool = False) -> dict[str, object]:
 
 def _strip_launch_keys(config: dict) -> dict:
     """An older record's config, reduced as ``sora.records.identity`` reduces a config."""
-    out = json.loads(json.dumps(config))
-    if (out.get("scheduler") or {}).get("name", "none") == "none":
-        out.pop("scheduler", None)
-    for key in (*LAUNCH_ONLY_KEYS, "data.dir"):
-        parent, _, leaf = key.rpartition(".")
-        node = out
-        for part in filter(None, parent.split(".")):
-            node = node.get(part, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    return out
+    return drop_launch_keys(json.loads(json.dumps(config)), extra=("data.dir",))
 
 
 def _flatten(d, prefix: str = "") -> dict:

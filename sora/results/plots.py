@@ -31,6 +31,18 @@ def rank_grid(ranks, label: str):
     return pivot, sub["seed"].nunique()
 
 
+def annotated_heatmap(ax, values, xlabels, ylabels, vmax, fmt=lambda v: str(int(v))):
+    """Ranks as colours on a fixed 0..vmax scale (runs compare by eye), each cell also written out; NaN cells
+    (a module the run did not adapt) stay blank."""
+    image = ax.imshow(values, cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(xlabels)), xlabels)
+    ax.set_yticks(range(len(ylabels)), ylabels)
+    for (i, j), v in np.ndenumerate(values):
+        if v == v:
+            ax.text(j, i, fmt(v), ha="center", va="center", fontsize=7, color="white" if v < 0.6 * vmax else "black")
+    return image
+
+
 def plot_rank_heatmaps(records: Records, task: str, out_dir: str | Path, methods=("sora", "adalora", "lora")):
     """One panel per method label for ``task``: final rank per layer (rows) x matrix (cols), mean over seeds."""
     ranks = rank_frame(records)
@@ -44,17 +56,12 @@ def plot_rank_heatmaps(records: Records, task: str, out_dir: str | Path, methods
     image = None
     for ax, label in zip(axes[0], labels):
         grid, n = rank_grid(ranks, label)
-        image = ax.imshow(grid.to_numpy(), cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
-        ax.set_xticks(range(grid.shape[1]), grid.columns)
-        ax.set_yticks(range(grid.shape[0]), grid.index)
+        image = annotated_heatmap(ax, grid.to_numpy(), list(grid.columns), list(grid.index), vmax,
+                                  fmt=lambda v: f"{v:.1f}".rstrip("0").rstrip("."))
         ax.set_xlabel("weight matrix")
         if ax is axes[0][0]:
             ax.set_ylabel("encoder layer")
         ax.set_title(f"{label}\n(mean of {n} seed{'s' if n != 1 else ''})", fontsize=9)
-        for (i, j), v in np.ndenumerate(grid.to_numpy()):
-            if v == v:
-                ax.text(j, i, f"{v:.1f}".rstrip("0").rstrip("."), ha="center", va="center", fontsize=7,
-                        color="white" if v < 0.6 * vmax else "black")
     fig.colorbar(image, ax=axes[0].tolist(), label="final rank (non-zero ranks kept)")
     fig.suptitle(f"{task}: final rank per module (Q, K, V: attention projections; AO: attention output; "
                  f"I, O: FFN in/out)", fontsize=10)

@@ -18,16 +18,13 @@ IGNORE = -100  # the label torch's cross-entropy skips
 class SftData:
     train: list[dict]
     eval: list[dict]
-    fingerprint: str
     dropped: int  # examples whose response did not fit in max_len
 
 
 def load_rows(source: str, split: str = "train", revision: str | None = None) -> list[dict]:
     """A ``.jsonl`` file (one JSON object per line) or a hub dataset name."""
     if source.endswith(".jsonl"):
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise UserError(f"data file {path} not found; give data.path=<file.jsonl> or a hub dataset name")
+        path = _jsonl_path(source)
         rows = []
         for i, line in enumerate(path.read_text().splitlines(), 1):
             if line.strip():
@@ -45,12 +42,19 @@ def load_rows(source: str, split: str = "train", revision: str | None = None) ->
                         f"local data.path=<file.jsonl> or check the name and your network") from None
 
 
+def _jsonl_path(source: str) -> Path:
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise UserError(f"data file {path} not found; give data.path=<file.jsonl> or a hub dataset name")
+    return path
+
+
 def fingerprint(cfg) -> str:
     """Part of the run's identity: the bytes of local files, or hub name + split + revision."""
     h = hashlib.sha1()
     for source in (cfg.path, cfg.get("eval_path")):
         if source and str(source).endswith(".jsonl"):
-            h.update(Path(source).expanduser().read_bytes())
+            h.update(_jsonl_path(source).read_bytes())
         else:
             h.update(json.dumps([source, cfg.get("split"), cfg.get("revision")]).encode())
     return h.hexdigest()[:16]
@@ -99,7 +103,7 @@ def load_sft_data(cfg, tokenizer) -> SftData:
     if not train or not evaluation:
         raise UserError(f"no example fits data.max_len={cfg.max_len} with its response; raise data.max_len")
     dropped = sum(e is None for part in enc for e in part)
-    return SftData(train, evaluation, fingerprint(cfg), dropped)
+    return SftData(train, evaluation, dropped)
 
 
 class Collator:

@@ -30,25 +30,17 @@ def rank_grid(ranks: dict[str, int]) -> dict[str, dict[int, int]]:
 
 
 def plot_rank_grid(grid: dict[str, dict[int, int]], r_max: int, title: str, out: Path) -> Path:
-    """One annotated heatmap, colour scale 0..r_max so runs compare by eye."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """One heatmap of a run (matrices x layers), colour scale 0..r_max."""
     import matplotlib.pyplot as plt
     import numpy as np
+
+    from sora.results.plots import annotated_heatmap  # matplotlib (Agg) only when a run ends
 
     layers = sorted({layer for row in grid.values() for layer in row})
     values = np.array([[grid[m].get(layer, np.nan) for layer in layers] for m in grid], dtype=float)
     fig, ax = plt.subplots(figsize=(1.2 + 0.5 * len(layers), 1.0 + 0.4 * len(grid)), layout="constrained")
-    image = ax.imshow(values, cmap="viridis", vmin=0, vmax=r_max, aspect="auto")
-    ax.set_xticks(range(len(layers)), layers)
-    ax.set_yticks(range(len(grid)), list(grid))
+    fig.colorbar(annotated_heatmap(ax, values, layers, list(grid), r_max), ax=ax, label="kept rank")
     ax.set_xlabel("layer")
-    for (i, j), v in np.ndenumerate(values):
-        if v == v:
-            ax.text(j, i, str(int(v)), ha="center", va="center", fontsize=7,
-                    color="white" if v < 0.6 * r_max else "black")
-    fig.colorbar(image, ax=ax, label="kept rank")
     ax.set_title(title, fontsize=9)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=130)

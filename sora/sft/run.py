@@ -18,23 +18,26 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from sora.errors import UserError
 from sora.models import load_tokenizer
-from sora.records import RunLock, atomic_write_text, json_line, read_record, write_record
-from sora.sft.adapters import build_adapter
-from sora.sft.data import Collator, SftData, eos_id, load_sft_data
+from sora.records import (
+    RunLock,
+    atomic_write_text,
+    drop_launch_keys,
+    git_state,
+    json_line,
+    package_versions,
+    read_record,
+    write_record,
+)
+from sora.sft.adapters import attach_method, method_optimizer
+from sora.sft.data import Collator, eos_id, fingerprint, load_sft_data
 from sora.sft.model import load_causal_lm
 from sora.sft.ranks import plot_rank_grid, rank_grid
-
-LAUNCH_ONLY = ("results_dir", "logger", "progress", "hydra")
-LAUNCH_ONLY_TRAIN = ("save_steps", "log_steps")
+from sora.tuners.methods import build_method, count_params
 
 
 def sft_identity(cfg, data_fingerprint: str) -> dict:
     """The resolved config without launch-only keys; the data files replaced by the fingerprint of their bytes."""
-    ident = OmegaConf.to_container(cfg, resolve=True)
-    for key in LAUNCH_ONLY:
-        ident.pop(key, None)
-    for key in LAUNCH_ONLY_TRAIN:
-        ident["train"].pop(key, None)
+    ident = drop_launch_keys(OmegaConf.to_container(cfg, resolve=True))
     for key in ("path", "eval_path"):
         if str(ident["data"].get(key) or "").endswith(".jsonl"):
             ident["data"][key] = Path(ident["data"][key]).name  # where the file lies is not part of it
@@ -89,9 +92,8 @@ def token_perplexity(model, rows: list[dict], collator: Collator, batch_size: in
 
 def run_sft(cfg) -> dict | None:
     """Train (or resume, or skip when finished) one run; returns its record."""
-    tokenizer = load_tokenizer(cfg.lm)
-    data = load_sft_data(cfg.data, tokenizer)
-    rid = sft_run_id(cfg, data.fingerprint)
+    data_fingerprint = fingerprint(cfg.data)  # the files' bytes: a finished run is skipped before tokenising
+    rid = sft_run_id(cfg, data_fingerprint)
     run_dir = Path(cfg.results_dir).expanduser() / "records" / rid
     if (run_dir / "record.json").exists():
         print(f"[sora] {rid}: finished, skipped")
@@ -100,50 +102,51 @@ def run_sft(cfg) -> dict | None:
         if not lock.acquired:
             raise UserError(f"run {rid} is being trained by another process ({run_dir}/.lock)")
         print(f"[sora] {rid}: training")
-        return _train(cfg, rid, run_dir, tokenizer, data)
+        return _train(cfg, rid, run_dir, data_fingerprint)
 
 
-def _train(cfg, rid: str, run_dir: Path, tokenizer, data: SftData) -> dict:
-    t0, steps = time.time(), total_steps(cfg, len(data.train))
+def _train(cfg, rid: str, run_dir: Path, data_fingerprint: str) -> dict:
+    t0, tokenizer = time.time(), load_tokenizer(cfg.lm)
+    data = load_sft_data(cfg.data, tokenizer)
+    steps = total_steps(cfg, len(data.train))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id(tokenizer)
     collator = Collator(pad_id)
     device = "cpu" if cfg.device == "cpu" or not torch.cuda.is_available() else "cuda"
-    model = load_causal_lm(cfg.lm, len(tokenizer), pad_id, cfg.seed)
-    adapter = build_adapter(model, cfg.method, steps)
+    method = build_method(load_causal_lm(cfg.lm, len(tokenizer), pad_id, cfg.seed), cfg.method, steps)
     args = training_args(cfg, run_dir / "trainer", device)
     if args.gradient_checkpointing:
-        adapter.model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need grads
-    before = token_perplexity(adapter.model.to(args.device), data.eval, collator, args.per_device_eval_batch_size)
-    trainer = Trainer(model=adapter.model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-                      data_collator=collator, optimizers=(adapter.optimizer(args, cfg.train.optimizer), None))
-    adapter.attach(trainer)
+        method.model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need grads
+    eval_bsz = args.per_device_eval_batch_size
+    before = token_perplexity(method.model.to(args.device), data.eval, collator, eval_bsz)
+    trainer = Trainer(model=method.model, args=args, train_dataset=data.train, eval_dataset=data.eval,
+                      data_collator=collator, optimizers=(method_optimizer(method, args, cfg.train, cfg.method), None))
     checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-    adapter.resume_from(checkpoint)
+    attach_method(trainer, method, checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
-    after = token_perplexity(adapter.model, data.eval, collator, args.per_device_eval_batch_size)
-    ranks = adapter.ranks()
-    adapter.export(run_dir / "adapter")
+    with method.eval_context():  # the model as exported (AdaLoRA: under its budget mask)
+        after = token_perplexity(method.model, data.eval, collator, eval_bsz)
+    ranks = method.ranks()
+    method.export(run_dir / "adapter", cfg.lm.get("source"))
     grid = rank_grid(ranks)
     r_max = cfg.method.get("r_max") or cfg.method.get("init_r") or cfg.method.get("r")
     plot_rank_grid(grid, r_max, f"{rid}: kept rank per matrix x layer", run_dir / "ranks.png")
     atomic_write_text(run_dir / "metrics.jsonl", "".join(json_line(h) for h in trainer.state.log_history))
-    record = _record(cfg, rid, data, before, after, ranks, grid, trainer, time.time() - t0)
-    record["params"] = {"retained_adapter": adapter.retained_params(),
-                        "trainable": sum(p.numel() for p in adapter.model.parameters() if p.requires_grad)}
+    params = count_params(method, method.model.base_model.model.config.hidden_size)
+    record = _record(cfg, rid, data, data_fingerprint, before, after, ranks, grid, trainer, time.time() - t0)
+    record["params"] = {"retained_adapter": params["retained"], "trainable": params["trainable"]}
     write_record(run_dir / "record.json", record)
     shutil.rmtree(run_dir / "trainer", ignore_errors=True)  # resume checkpoints: not needed once finished
     return read_record(run_dir / "record.json")
 
 
-def _record(cfg, rid, data, before, after, ranks, grid, trainer, wall) -> dict:
-    from sora.train.loop import _git, _versions
-
+def _record(cfg, rid, data, data_fingerprint, before, after, ranks, grid, trainer, wall) -> dict:
     train_logs = [h for h in trainer.state.log_history if "train_loss" in h]
     return {"run_id": rid, "kind": "sft", "status": "finished", "method": cfg.method.name, "model": cfg.lm.name,
-            "seed": cfg.seed, "identity": sft_identity(cfg, data.fingerprint),
+            "seed": cfg.seed, "identity": sft_identity(cfg, data_fingerprint),
             "config": OmegaConf.to_container(cfg, resolve=True),
             "data": {"train_rows": len(data.train), "eval_rows": len(data.eval), "dropped_too_long": data.dropped},
             "eval_before": before, "eval": after, "train_loss": train_logs[-1]["train_loss"] if train_logs else None,
             "steps": trainer.state.global_step, "ranks": ranks, "total_rank": sum(ranks.values()),
             "rank_grid": {m: {str(k): v for k, v in row.items()} for m, row in grid.items()},
-            "runtime": {"wall_s": wall, "device": str(trainer.args.device)}, "versions": _versions(), "code": _git()}
+            "runtime": {"wall_s": wall, "device": str(trainer.args.device)}, "versions": package_versions(),
+            "git": git_state()}

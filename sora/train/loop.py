@@ -16,12 +16,10 @@ import random
 import resource
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +36,10 @@ from sora.records import (
     CorruptRecord,
     RunLock,
     atomic_write_text,
+    git_state,
     identity,
     json_line,
+    package_versions,
     read_record,
     run_id,
     write_record,
@@ -56,7 +56,6 @@ from sora.tuners.rank_source import sora_rank_pattern
 
 log = logging.getLogger("sora")
 MEMORIZATION_ROWS = 1000  # the fixed shuffled train subset the scheduler measures memorization on
-PACKAGES = ("torch", "transformers", "peft", "hydra-core", "datasets", "scikit-learn", "scipy", "numpy")
 
 
 class NonFiniteLoss(Exception):
@@ -490,8 +489,8 @@ def _record(cfg, task, rid, fingerprint, state, ranks, params, elapsed, status, 
         "config": OmegaConf.to_container(cfg, resolve=True),
         "identity": identity(cfg, fingerprint),
         "sweep": sweep_info(),
-        "versions": _versions(),
-        "git": _git(),
+        "versions": package_versions(),
+        "git": git_state(),
         "evals": state["evals"],
         "best": None if best is None else {
             "step": best["step"],
@@ -551,27 +550,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _versions() -> dict:
-    out = {"python": platform.python_version()}
-    for pkg in PACKAGES:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def _git() -> dict:
-    root = Path(__file__).resolve().parents[2]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5)
-        return {"commit": sha.stdout.strip() or None, "dirty": bool(dirty.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
 
 
 def _peak_memory_mb() -> dict:

@@ -10,7 +10,7 @@ import copy
 import re
 
 import torch
-from peft import AdaLoraConfig, LoraConfig, TaskType, get_peft_model
+from peft import AdaLoraConfig, LoraConfig, get_peft_model
 from peft.tuners.lora.layer import LoraLayer
 
 from sora.errors import UserError
@@ -20,8 +20,14 @@ from sora.tuners.sora import step as sora_step
 from sora.tuners.sora.config import SoraConfig
 from sora.tuners.sora.export import export_pruned_adapter
 from sora.tuners.sora.layer import GATE_ATTR
-from sora.tuners.sora.model import gate_parameters, get_sora_model, lora_linears, sora_ranks
-from sora.tuners.targets import target_regex
+from sora.tuners.sora.model import (
+    gate_parameters,
+    get_sora_model,
+    infer_task_type,
+    lora_linears,
+    peft_targets,
+    sora_ranks,
+)
 
 
 class Method:
@@ -59,6 +65,9 @@ class Method:
     def extra_state(self) -> dict:
         return {}
 
+    def save_for_resume(self, out_dir) -> None:
+        """Beside a Trainer checkpoint, what its own save misses (nothing, but for AdaLoRA)."""
+
     def load_extra_state(self, state: dict) -> None:
         pass
 
@@ -79,7 +88,7 @@ class SoraMethod(Method):
 
     def __init__(self, base_model, cfg, total_steps: int):
         self.config = sora_config(cfg)
-        super().__init__(get_sora_model(base_model, self.config, targets=cfg.targets, head=cfg.head,
+        super().__init__(get_sora_model(base_model, self.config, targets=cfg.targets, head=cfg.get("head"),
                                         lora_dropout=cfg.lora_dropout))
         self.gates = gate_parameters(self.model)
 
@@ -99,6 +108,11 @@ class SoraMethod(Method):
         export_pruned_adapter(self.model, out_dir, base_model_name_or_path)
 
 
+def _head(cfg) -> str:
+    """The method's head policy; a causal LM (no ``head`` key in its config) trains only the adapters."""
+    return cfg.get("head") or "none"
+
+
 def sora_config(cfg) -> SoraConfig:
     """The ``method`` config node (GLUE or SFT) as a SoraConfig."""
     return SoraConfig(r_max=cfg.r_max, lora_alpha=cfg.lora_alpha, xi=cfg.xi, variant=cfg.variant,
@@ -112,18 +126,18 @@ class LoraMethod(Method):
     def __init__(self, base_model, cfg, total_steps: int, rank_pattern: dict[str, int] | None = None):
         """``rank_pattern`` (module -> rank, e.g. what a SoRA run kept): a plain LoRA with those ranks, modules
         at rank 0 left out, every module at LoRA's configured scale alpha / r (SoRA's alpha / r_max)."""
-        targets, extra = target_regex(cfg.targets), {}
+        targets = peft_targets(base_model, cfg.targets)
         if rank_pattern is not None:
             kept = {n: r for n, r in rank_pattern.items() if r > 0}
             scale = cfg.lora_alpha / cfg.r
-            targets = sorted(kept)
-            extra = {"rank_pattern": {re.escape(n): r for n, r in kept.items()},
-                     "alpha_pattern": {re.escape(n): r * scale for n, r in kept.items()}}
-        config = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.r, lora_alpha=cfg.lora_alpha,
-                            lora_dropout=cfg.lora_dropout, target_modules=targets,
-                            modules_to_save=head_modules_to_save(cfg.head), **extra)
+            targets = {"target_modules": sorted(kept),
+                       "rank_pattern": {re.escape(n): r for n, r in kept.items()},
+                       "alpha_pattern": {re.escape(n): r * scale for n, r in kept.items()}}
+        config = LoraConfig(task_type=infer_task_type(base_model), r=cfg.r, lora_alpha=cfg.lora_alpha,
+                            lora_dropout=cfg.lora_dropout, modules_to_save=head_modules_to_save(_head(cfg)),
+                            **targets)
         super().__init__(get_peft_model(base_model, config))
-        apply_head_policy(self.model, cfg.head)
+        apply_head_policy(self.model, _head(cfg))
         self.r = cfg.r
         self.rank_pattern = rank_pattern
 
@@ -138,13 +152,13 @@ class AdaLoraMethod(Method):
 
     def __init__(self, base_model, cfg, total_steps: int):
         tinit, tfinal, delta_t = adalora_schedule(cfg, total_steps)
-        config = AdaLoraConfig(task_type=TaskType.SEQ_CLS, init_r=cfg.init_r, target_r=cfg.target_r,
+        config = AdaLoraConfig(task_type=infer_task_type(base_model), init_r=cfg.init_r, target_r=cfg.target_r,
                                lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                               target_modules=target_regex(cfg.targets), modules_to_save=head_modules_to_save(cfg.head),
-                               tinit=tinit, tfinal=tfinal, deltaT=delta_t, beta1=cfg.beta1, beta2=cfg.beta2,
-                               orth_reg_weight=cfg.orth_reg_weight, total_step=total_steps)
+                               modules_to_save=head_modules_to_save(_head(cfg)), tinit=tinit, tfinal=tfinal,
+                               deltaT=delta_t, beta1=cfg.beta1, beta2=cfg.beta2, orth_reg_weight=cfg.orth_reg_weight,
+                               total_step=total_steps, **peft_targets(base_model, cfg.targets))
         super().__init__(get_peft_model(base_model, config))
-        apply_head_policy(self.model, cfg.head)
+        apply_head_policy(self.model, _head(cfg))
         self.init_r = cfg.init_r
         self.schedule = {"tinit": tinit, "tfinal": tfinal, "deltaT": delta_t, "total_step": total_steps}
 
@@ -185,8 +199,22 @@ class AdaLoraMethod(Method):
     def extra_state(self):
         return adalora_state(self.model)
 
+    def save_for_resume(self, out_dir) -> None:
+        """peft saves AdaLoRA weights trimmed to the budget mask, which a fresh full-rank model cannot load: a
+        resume needs them whole, with the allocator state beside them (``load_extra_state`` restores it)."""
+        config = self.model.peft_config["default"]
+        pattern, config.rank_pattern = config.rank_pattern, None
+        try:
+            self.model.save_pretrained(str(out_dir))
+        finally:
+            config.rank_pattern = pattern
+        torch.save(adalora_state(self.model), f"{out_dir}/{ADALORA_STATE}")
+
     def load_extra_state(self, state):
         load_adalora_state(self.model, state)
+
+
+ADALORA_STATE = "adalora_state.pt"
 
 
 def adalora_state(model) -> dict:
@@ -273,7 +301,7 @@ def validate_method_config(cfg) -> None:
 def count_params(method: Method, hidden_size: int) -> dict[str, int]:
     """trainable; retained = sum over modules of kept rank x (in + out), exactly; and the released formula."""
     ranks = method.ranks()
-    shapes = {n.removeprefix("base_model.model."): (m.get_base_layer().in_features, m.get_base_layer().out_features)
+    shapes = {n.removeprefix("base_model.model."): (m.in_features, m.out_features)  # the layer's: Conv1D too
               for n, m in method.model.named_modules() if isinstance(m, LoraLayer)}
     retained = sum(r * (shapes[n][0] + shapes[n][1]) for n, r in ranks.items())
     if method.name == "adalora":

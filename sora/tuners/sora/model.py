@@ -8,6 +8,7 @@ import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from peft.tuners.lora.layer import Linear as LoraLinear
 
+from sora.errors import UserError
 from sora.tuners.heads import apply_head_policy, head_modules_to_save
 from sora.tuners.sora.config import SoraConfig
 from sora.tuners.sora.layer import GATE_ATTR, SoraLinearVariant
@@ -33,16 +34,13 @@ def get_sora_model(
     task_type = task_type or infer_task_type(base_model)
     if head is None:
         head = "trainable" if task_type == TaskType.SEQ_CLS else "none"
-    names = block_linears(base_model) if targets == "auto" else None
     lora_config = LoraConfig(
         task_type=task_type,
         r=config.r_max,
         lora_alpha=config.lora_alpha,
         lora_dropout=lora_dropout,
-        target_modules=sorted(names) if names is not None else (targets if isinstance(targets, list)
-                                                                 else target_regex(targets)),
         modules_to_save=head_modules_to_save(head),
-        fan_in_fan_out=bool(names) and any(_is_conv1d(base_model.get_submodule(n)) for n in names),
+        **peft_targets(base_model, targets),
     )
     model = get_peft_model(base_model, lora_config, adapter_name=adapter_name)
     for _, module in lora_linears(model):
@@ -72,6 +70,22 @@ def block_linears(model: torch.nn.Module) -> list[str]:
         if any(p.isdigit() for p in parts) and not any(p in HEAD_NAMES for p in parts):
             out.append(name)
     return out
+
+
+def peft_targets(model: torch.nn.Module, targets) -> dict:
+    """``target_modules`` (and ``fan_in_fan_out``) for any peft LoRA-family config: ``"all"`` / ``"qv"`` the
+    encoder regex of the GLUE experiments; ``"auto"`` every linear map of the blocks; a list, those of them named
+    (a name or a dotted tail, as peft matches). GPT-2's fused ``Conv1D`` maps get ``fan_in_fan_out``."""
+    if isinstance(targets, str) and targets != "auto":
+        return {"target_modules": target_regex(targets)}
+    names = block_linears(model)
+    if targets != "auto":
+        wanted = list(targets)
+        names = [n for n in names if any(n == t or n.endswith("." + t) for t in wanted)]
+        if not names:
+            raise UserError(f"method.targets={wanted} matches no linear map of the blocks; e.g. method.targets=auto")
+    return {"target_modules": sorted(names),
+            "fan_in_fan_out": any(_is_conv1d(model.get_submodule(n)) for n in names)}
 
 
 def infer_task_type(model: torch.nn.Module) -> str | None:
