@@ -28,3 +28,36 @@ def test_frontier_from_fixture_records(tmp_path):
     paths = write_frontier(records, "mrpc", tmp_path / "tables", tmp_path / "plots")
     assert [p.name for p in paths] == ["frontier_mrpc.csv", "frontier_mrpc.png", "frontier_mrpc.pdf"]
     assert paths[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_diverged_seed_is_marked_not_averaged(tmp_path):
+    import shutil
+
+    from sora.records import write_record
+    from tests.fixtures import make_results_fixture as fx
+
+    results = tmp_path / "results"
+    shutil.copytree(FIXTURES / "results", results)
+    rec = fx.record("mrpc", "lora", 63, 0.6838)  # exactly the majority-class accuracy of MRPC dev
+    rec["run_id"] = "mrpc-lora-diverged-s63"
+    write_record(results / "records" / rec["run_id"] / "record.json", rec)
+    frame = frontier_frame(load_records(results), "mrpc").set_index("method")
+    assert frame.loc["lora", "diverged"] == "63" and frame.loc["lora", "n"] == 3
+    assert frame.loc["lora", "score"] == pytest.approx(87.5)  # the fixture's three seeds only
+
+
+@pytest.mark.parametrize("task", ["mrpc", "sst2", "qnli", "mnli", "mnli_mm"])
+def test_constant_scores_are_the_real_dev_majority_share(task):
+    """Task.constant_score against the real GLUE dev labels (../shared/glue; skipped where absent)."""
+    import pandas as pd
+
+    from sora.data.tasks import get_task
+    from tests.conftest import SHARED
+
+    t = get_task(task)
+    split = t.dev_splits[0]
+    path = SHARED / "glue" / t.source / f"{split}.tsv.gz"
+    if not path.exists():
+        pytest.skip(f"{path} not here (the full GLUE dev files ship only with this workplace's ../shared)")
+    labels = pd.read_csv(path, sep="\t", quoting=3)["label"]
+    assert t.constant_score == pytest.approx(100 * labels.value_counts().max() / len(labels), abs=0.005)

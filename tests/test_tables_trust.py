@@ -97,3 +97,16 @@ def test_paired_tests_over_shared_seeds_by_hand(tmp_path):
     assert row["p_paired_t"] == pytest.approx(2 * student_t.sf(t_stat, 2), rel=1e-9)
     assert row["p_wilcoxon"] == pytest.approx(0.25)
     assert row["p"] == row["p_paired_t"] and math.isnan(row["p_welch"])
+
+
+def test_a_diverged_seed_is_named_and_not_averaged_in(results):
+    """MRPC's majority class is 68.38 % of dev (279 / 408): a finished run at 68.63 learned nothing."""
+    _write(results, _sora_mrpc(63, 0.6863, "mrpc-sora-diverged-s63"))
+    records = load_records(results)
+    sora = table1(records).set_index("method").loc["SoRA (r_max=8, code)"]
+    assert (sora["mrpc.mean"], sora["mrpc.n"], sora["mrpc.diverged"], sora["mrpc.failed"]) == (
+        pytest.approx(89.0), 3, 1, 1)
+    row = next(line for line in render_table1_markdown(table1(records)).splitlines() if line.startswith("| SoRA"))
+    assert "89.00 ± 1.00 (n=3, 1 failed, 1 diverged" in row
+    sig = significance(records)
+    assert set(sig[sig.task == "mrpc"]["n_sora"]) == {3}  # nor does it enter a test

@@ -19,6 +19,9 @@ class Task:
     large: bool = False  # sora_split protocol: hold out 1,000 train rows to select instead of half the dev set
     label_names: tuple[str, ...] = field(default=())
     data_name: str = ""  # the GLUE config the rows come from ("" = name); mnli_mm reads mnli
+    # main metric x100 of the best constant prediction on the GLUE dev set (majority class share; MCC and
+    # Pearson of a constant are 0): a run at or near it learned nothing (diverged), see sora.results.tables
+    constant_score: float = 0.0
 
     @property
     def source(self) -> str:
@@ -33,18 +36,20 @@ TASKS: dict[str, Task] = {
     t.name: t
     for t in [
         Task("cola", ("sentence",), 2, ("mcc", "accuracy"), "mcc", "mcc", label_names=("unacceptable", "acceptable")),
-        Task("sst2", ("sentence",), 2, ("accuracy",), "accuracy", "accuracy", large=True),
-        Task("mrpc", ("sentence1", "sentence2"), 2, ("accuracy", "f1"), "accuracy", "f1"),
+        Task("sst2", ("sentence",), 2, ("accuracy",), "accuracy", "accuracy", large=True, constant_score=50.92),
+        Task("mrpc", ("sentence1", "sentence2"), 2, ("accuracy", "f1"), "accuracy", "f1", constant_score=68.38),
         Task("stsb", ("sentence1", "sentence2"), 1, ("pearson", "spearman"), "pearson", "pearson"),
-        Task("qqp", ("question1", "question2"), 2, ("accuracy", "f1"), "accuracy", "accuracy", large=True),
+        Task("qqp", ("question1", "question2"), 2, ("accuracy", "f1"), "accuracy", "accuracy", large=True,
+             constant_score=63.18),
         Task("mnli", ("premise", "hypothesis"), 3, ("accuracy",), "accuracy", "accuracy",
-             dev_splits=("validation_matched", "validation_mismatched")),
+             dev_splits=("validation_matched", "validation_mismatched"), constant_score=35.45),
         # the release's mnli-mm run (src/glue_tasks.py:82-86): select and report on the mismatched dev set
         Task("mnli_mm", ("premise", "hypothesis"), 3, ("accuracy",), "accuracy", "accuracy",
-             dev_splits=("validation_mismatched",), data_name="mnli"),
-        Task("qnli", ("question", "sentence"), 2, ("accuracy",), "accuracy", "accuracy", large=True),
-        Task("rte", ("sentence1", "sentence2"), 2, ("accuracy",), "accuracy", "accuracy"),
-        Task("wnli", ("sentence1", "sentence2"), 2, ("accuracy",), "accuracy", "accuracy"),
+             dev_splits=("validation_mismatched",), data_name="mnli", constant_score=35.22),
+        Task("qnli", ("question", "sentence"), 2, ("accuracy",), "accuracy", "accuracy", large=True,
+             constant_score=50.54),
+        Task("rte", ("sentence1", "sentence2"), 2, ("accuracy",), "accuracy", "accuracy", constant_score=52.71),
+        Task("wnli", ("sentence1", "sentence2"), 2, ("accuracy",), "accuracy", "accuracy", constant_score=56.34),
     ]
 }
 

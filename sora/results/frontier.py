@@ -1,6 +1,9 @@
 """Task metric against retained adapter parameters: is SoRA better than simply a smaller LoRA rank, or
 AdaLoRA at the same budget? One point per configuration (mean ± std over seeds), Pareto-optimal points marked.
 
+Diverged seeds (no better than a constant prediction, ``sora.results.tables.diverged``) are named in the
+``diverged`` column and on the plot and left out of the mean; failed runs are counted in ``failed``.
+
 x is the exact retained adapter parameter count of the reported checkpoint (Σ kept rank × (in + out), AdaLoRA's
 kept singular values included); the head is reported beside it (``head_params``), not plotted.
 """
@@ -16,7 +19,7 @@ from sora.results.load import Records
 from sora.results.tables import _table_runs, per_run_scores
 
 COLUMNS = ["task", "method", "label", "params", "params_std", "head_params", "score", "score_std", "n", "failed",
-           "seeds", "pareto"]
+           "diverged", "seeds", "pareto"]
 
 
 def pareto_mask(params, scores) -> list[bool]:
@@ -45,7 +48,9 @@ def frontier_frame(records: Records, task: str) -> pd.DataFrame:
                      "head_params": g["params.head"].mean() if "params.head" in g else np.nan,
                      "score": ok["score"].mean() if len(ok) else np.nan,
                      "score_std": ok["score"].std(ddof=1) if len(ok) > 1 else np.nan, "n": len(ok),
-                     "failed": int(((failed.label == label) & (failed.task == task)).sum()) + len(g) - len(ok),
+                     "failed": int(((failed.label == label) & (failed.task == task)).sum()) + len(g) - len(ok)
+                     - int(g["diverged"].sum()),
+                     "diverged": " ".join(map(str, sorted(g[g["diverged"]]["seed"]))),
                      "seeds": " ".join(map(str, sorted(g["seed"])))})
     out = pd.DataFrame(rows, columns=COLUMNS[:-1])
     out["pareto"] = pareto_mask(out["params"], out["score"]) if len(out) else []
@@ -68,6 +73,9 @@ def plot_frontier(frame: pd.DataFrame, task: str, out_dir: str | Path) -> list[P
         g = g.dropna(subset=["score"]).sort_values("params")
         ax.errorbar(g["params"], g["score"], yerr=g["score_std"].fillna(0), xerr=g["params_std"].fillna(0),
                     fmt="-o", ms=4, capsize=3, color=colors.get(method, "tab:gray"), label=method)
+        for r in g[g["diverged"] != ""].itertuples():  # diverged seeds are left out of the mean, and said so
+            ax.annotate(f"seed {r.diverged} diverged", (r.params, r.score), fontsize=7, textcoords="offset points",
+                        xytext=(4, -10), color=colors.get(method, "tab:gray"))
         star = g[g["pareto"]]
         ax.scatter(star["params"], star["score"], s=160, facecolors="none", edgecolors="black", zorder=5)
     ax.scatter([], [], s=160, facecolors="none", edgecolors="black", label="Pareto-optimal")

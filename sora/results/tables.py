@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import ttest_ind, ttest_rel, wilcoxon
 
+from sora.data.tasks import TASKS
 from sora.results.load import Records
 
 TASK_ORDER = ["mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb"]
@@ -22,12 +23,26 @@ def _table_runs(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["scheduler"] == "none"] if "scheduler" in df else df
 
 
+DIVERGED_MARGIN = 1.0  # points x100 above the constant prediction's score
+
+
+def diverged(task: str, score: float) -> bool:
+    """A finished run no better than predicting a constant (within DIVERGED_MARGIN) learned nothing: it is shown
+    as diverged, never averaged in."""
+    t = TASKS.get(task)
+    return t is not None and score == score and score <= t.constant_score + DIVERGED_MARGIN
+
+
 def per_run_scores(records: Records) -> pd.DataFrame:
-    """One row per run: label, paper_key, task, seed, score (x100, the papers' metric), mm (MNLI mismatched)."""
+    """One row per run: label, paper_key, task, seed, score (x100, the papers' metric; NaN for a diverged run),
+    raw_score, diverged, mm (MNLI mismatched)."""
     df = _table_runs(records.frame).copy()
     if df.empty:
-        return pd.DataFrame(columns=["label", "paper_key", "task", "seed", "score", "mm", "method"])
-    df["score"] = df["main"] * 100
+        return pd.DataFrame(columns=["label", "paper_key", "task", "seed", "score", "raw_score", "diverged", "mm",
+                                     "method"])
+    df["raw_score"] = df["main"] * 100
+    df["diverged"] = [diverged(t, s) for t, s in zip(df["task"], df["raw_score"])]
+    df["score"] = df["raw_score"].where(~df["diverged"])
     mm_col = "validation_mismatched.accuracy"
     df["mm"] = df[mm_col] * 100 if mm_col in df else np.nan
     return df
@@ -56,7 +71,8 @@ def table1(records: Records, paper_csv: str | Path | None = PAPER_CSV, expected_
             row[f"{task}.mean"] = vals.mean() if len(vals) else np.nan
             row[f"{task}.std"] = vals.std(ddof=1) if len(vals) > 1 else np.nan
             row[f"{task}.n"] = len(vals)
-            row[f"{task}.failed"] = len(bad) + int(g["score"].isna().sum())
+            row[f"{task}.diverged"] = int(g["diverged"].sum())
+            row[f"{task}.failed"] = len(bad) + int(g["score"].isna().sum()) - row[f"{task}.diverged"]
             present = set(g["seed"]) | set(bad["seed"])
             missing = sorted(set(seeds_all) - present) if present else []
             row[f"{task}.missing_seeds"] = " ".join(map(str, missing))
@@ -139,8 +155,9 @@ def cost_table(records: Records) -> pd.DataFrame:
     return agg
 
 
-def _cell(mean, std, n, missing, paper, delta, mm=None, p_marker="", failed=0) -> str:
-    notes = (f", {failed} failed" if failed else "") + (f", missing seed {missing}" if missing else "")
+def _cell(mean, std, n, missing, paper, delta, mm=None, p_marker="", failed=0, diverged=0) -> str:
+    notes = ((f", {failed} failed" if failed else "") + (f", {diverged} diverged" if diverged else "")
+             + (f", missing seed {missing}" if missing else ""))
     if n == 0 or mean != mean:
         ours = f"— ({notes.lstrip(', ')})" if notes else "—"
     else:
@@ -179,7 +196,7 @@ def render_table1_markdown(t1: pd.DataFrame, sig: pd.DataFrame | None = None, ta
                     marker = " *"
             cells.append(_cell(r[f"{t}.mean"], r[f"{t}.std"], r[f"{t}.n"], r[f"{t}.missing_seeds"],
                                r[f"{t}.paper"], r[f"{t}.delta"], r.get("mnli.mm_mean") if t == "mnli" else None,
-                               marker, r.get(f"{t}.failed", 0)))
+                               marker, r.get(f"{t}.failed", 0), r.get(f"{t}.diverged", 0)))
         cells.append(_cell(r["avg"], np.nan, 1, "", r["avg.paper"], r["avg"] - r["avg.paper"]).replace(" (n=1)", ""))
         cells.append(f"{r['params.retained'] / 1e6:.3f}M" if r["params.retained"] == r["params.retained"] else "—")
         cells.append(f"{r['wall_time_s']:.0f}")
@@ -189,7 +206,8 @@ def render_table1_markdown(t1: pd.DataFrame, sig: pd.DataFrame | None = None, ta
                  "STS-B Pearson, others acc); `paper` = results/paper/table1.csv, Δ = ours − paper; "
                  "`*` = SoRA differs from at least one baseline at p < 0.05 (paired t-test over shared seeds; "
                  "Welch's where the seed sets differ; see significance.csv with Wilcoxon); — = no finished run; "
-                 "failed runs and missing seeds are named in the cell, never averaged in. A row is one "
+                 "failed runs, diverged runs (no better than a constant prediction + 1 point) and missing seeds are "
+                 "named in the cell, never averaged in. A row is one "
                  "configuration: [key=value] names what differs between rows of one method.")
     return "\n".join(lines) + "\n"
 
