@@ -26,6 +26,7 @@ from sora.data.tasks import get_task  # noqa: E402
 from sora.metrics import compute_metrics  # noqa: E402
 from sora.models import load_model, load_tokenizer  # noqa: E402
 from sora.train.evaluate import predict  # noqa: E402
+from sora.train.loop import autocast_factory  # noqa: E402
 from sora.train.optim import build_optimizer  # noqa: E402
 from sora.tuners.methods import build_method  # noqa: E402
 
@@ -33,7 +34,8 @@ MAX_LEN = {"mrpc": 320, "sst2": 128}  # the scripts' max_len per task
 LORA = OmegaConf.create(dict(name="lora", r=8, lora_alpha=16, targets="all", head="trainable", lora_dropout=0.0))
 
 
-def run(task_name: str, harness: bool, train_rows: int, data_dir: str, batch_size: int) -> dict:
+def run(task_name: str, harness: bool, train_rows: int, data_dir: str, batch_size: int,
+        precision: str = "bf16") -> dict:
     task = get_task(task_name)
     model_cfg = OmegaConf.load(ROOT / "conf" / "model" / "minilm.yaml")
     tok = load_tokenizer(model_cfg)
@@ -44,6 +46,7 @@ def run(task_name: str, harness: bool, train_rows: int, data_dir: str, batch_siz
     method = build_method(load_model(model_cfg, task.num_labels, seed=0), LORA, total_steps=1000)
     model = method.model
     opt = build_optimizer(method.param_groups(5e-4, 0.01, 1e-8), (0.9, 0.999), torch.device("cpu"))
+    autocast = autocast_factory(precision, torch.device("cpu"))
     t0 = time.perf_counter()
     tokens = real = 0
     for idx in train_batches(len(train), train.lengths, batch_size, seed=0, epoch=0, group_by_length=harness):
@@ -51,13 +54,15 @@ def run(task_name: str, harness: bool, train_rows: int, data_dir: str, batch_siz
         tokens += batch["input_ids"].numel()
         real += int(batch["attention_mask"].sum())
         model.train()
-        model(**batch).loss.backward()
+        with autocast():
+            loss = model(**batch).loss
+        loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
     t_train = time.perf_counter() - t0
     t0 = time.perf_counter()
-    preds = predict(model, dev, task, 64, tok.pad_token_id, "cpu", lambda: torch.autocast("cpu", enabled=False),
+    preds = predict(model, dev, task, 64, tok.pad_token_id, "cpu", autocast,
                     sort_by_length=harness, pad_to=pad_to)
     t_eval = time.perf_counter() - t0
     return {"train_s": t_train, "eval_s": t_eval, "total_s": t_train + t_eval,
@@ -70,15 +75,18 @@ def main() -> None:
     ap.add_argument("--train-rows", type=int, default=640)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--data-dir", default=str(ROOT / "data" / "glue_sample"))
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="bf16",
+                    help="bf16 autocast is the CPU default: it kept the metrics (results/bench/cpu_precision.md)")
     ap.add_argument("--out", default=str(ROOT / "results" / "bench"))
     args = ap.parse_args()
-    result = {"model": "all-MiniLM-L6-v2 + peft LoRA r=8", "device": "cpu", "threads": torch.get_num_threads(),
+    result = {"model": "all-MiniLM-L6-v2 + peft LoRA r=8", "device": "cpu", "precision": args.precision,
+              "threads": torch.get_num_threads(),
               "train_rows": args.train_rows, "batch_size": args.batch_size, "tasks": {}}
     for task in args.tasks:
         print(f"{task}: static padding to {MAX_LEN[task]} (released) ...", flush=True)
-        static = run(task, False, args.train_rows, args.data_dir, args.batch_size)
+        static = run(task, False, args.train_rows, args.data_dir, args.batch_size, args.precision)
         print(f"{task}: harness batching ...", flush=True)
-        harness = run(task, True, args.train_rows, args.data_dir, args.batch_size)
+        harness = run(task, True, args.train_rows, args.data_dir, args.batch_size, args.precision)
         result["tasks"][task] = {
             "static": static, "harness": harness,
             "speedup_vs_static": static["total_s"] / harness["total_s"],
@@ -90,7 +98,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "e2e.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# One epoch ({args.train_rows} train rows, batch {args.batch_size}) + full-dev evaluation, "
-             f"MiniLM + LoRA r=8, CPU {torch.get_num_threads()} threads", "",
+             f"MiniLM + LoRA r=8, {args.precision}, CPU {torch.get_num_threads()} threads", "",
              "| task | static train / eval (s) | harness train / eval (s) | speedup train+eval | train | eval "
              "| padding waste static → harness | metrics static | metrics harness |", "|---|" + "---|" * 8]
     for task, r in result["tasks"].items():

@@ -42,7 +42,7 @@ from transformers import DebertaV2Config, DebertaV2ForSequenceClassification  # 
 
 from sora.attention import CHOICES as ATTENTIONS  # noqa: E402
 from sora.attention import set_attention  # noqa: E402
-from sora.train.loop import _autocast  # noqa: E402  (the run's own precision switch)
+from sora.train.loop import autocast_factory  # noqa: E402  (the run's own precision switch)
 from sora.train.optim import schedule_plan  # noqa: E402
 from sora.train.step import make_optimizer_and_schedule, train_step  # noqa: E402
 from sora.tuners.methods import build_method  # noqa: E402
@@ -110,7 +110,7 @@ class Runner:
         self.optimizer, self.scheduler = make_optimizer_and_schedule(self.method, train_cfg, device, plan,
                                                                      OmegaConf.create(SPECS[method]))
         self.max_grad_norm = train_cfg.max_grad_norm
-        self.autocast = _autocast(precision, device)
+        self.autocast = autocast_factory(precision, device)
         self.forward = torch.compile(self.model, dynamic=True, backend=args.compile_backend) if compiled \
             else self.model
 

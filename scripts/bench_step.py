@@ -25,6 +25,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from transformers import DebertaV2Config, DebertaV2ForSequenceClassification  # noqa: E402
 
 from sora.models import load_model  # noqa: E402
+from sora.train.loop import autocast_factory  # noqa: E402
 from sora.train.optim import build_optimizer  # noqa: E402
 from sora.tuners.methods import build_method  # noqa: E402
 
@@ -51,24 +52,27 @@ def backbone(kind: str):
 class Floor:
     """The frozen model with gradients flowing through it (inputs_embeds require grad): any adapter pays this."""
 
-    def __init__(self, model):
-        self.model = model.requires_grad_(False)
+    def __init__(self, model, autocast):
+        self.model, self.autocast = model.requires_grad_(False), autocast
 
     def step(self, batch):
         embeds = self.model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_()
-        out = self.model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"])
+        with self.autocast():
+            out = self.model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"])
         out.loss.backward()
 
 
 class Adapted:
-    def __init__(self, model, spec, total_steps: int):
+    def __init__(self, model, spec, total_steps: int, autocast):
+        self.autocast = autocast
         self.method = build_method(model, OmegaConf.create({**COMMON, **spec}), total_steps=total_steps)
         self.trainable = [p for p in self.method.model.parameters() if p.requires_grad]
         self.opt = build_optimizer(self.method.param_groups(1e-4, 0.01, 1e-8), (0.9, 0.999), torch.device("cpu"))
         self.n = 0
 
     def step(self, batch):
-        loss = self.method.model(**batch).loss
+        with self.autocast():
+            loss = self.method.model(**batch).loss
         extra = self.method.extra_loss()
         if extra is not None:
             loss = loss + extra
@@ -80,16 +84,17 @@ class Adapted:
         self.n += 1
 
 
-def bench(kind: str, repeats: int, warmup: int, batch: int, seq: int) -> dict:
+def bench(kind: str, repeats: int, warmup: int, batch: int, seq: int, precision: str = "bf16") -> dict:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     vocab = 30522 if kind == "minilm" else 128000
     data = {"input_ids": torch.randint(1000, vocab - 1, (batch, seq), generator=gen),
             "attention_mask": torch.ones(batch, seq, dtype=torch.long), "labels": torch.randint(0, 2, (batch,))}
     total = warmup + repeats
-    runners = {"frozen_floor": Floor(backbone(kind))}
+    autocast = autocast_factory(precision, torch.device("cpu"))
+    runners = {"frozen_floor": Floor(backbone(kind), autocast)}
     for name, spec in METHODS.items():
-        runners[name] = Adapted(backbone(kind), spec, total_steps=10 * total)
+        runners[name] = Adapted(backbone(kind), spec, total_steps=10 * total, autocast=autocast)
     times = {name: [] for name in runners}
     for rep in range(total):
         for name, runner in runners.items():
@@ -119,19 +124,22 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="bf16",
+                    help="bf16 autocast is the CPU default: it kept the metrics (results/bench/cpu_precision.md)")
     ap.add_argument("--out", default=str(ROOT / "results" / "bench"))
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     result = {"machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
-                          "torch": torch.__version__, "device": "cpu", "dtype": "fp32"},
+                          "torch": torch.__version__, "device": "cpu", "dtype": args.precision},
               "batch": [args.batch, args.seq], "repeats": args.repeats, "warmup": args.warmup, "models": {}}
     for kind in args.models:
         print(f"benchmarking {kind} ...", flush=True)
-        result["models"][kind] = bench(kind, args.repeats, args.warmup, args.batch, args.seq)
+        result["models"][kind] = bench(kind, args.repeats, args.warmup, args.batch, args.seq, args.precision)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "step_time.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"# Train-step time ({args.batch} x {args.seq} tokens, fp32, CPU, {torch.get_num_threads()} threads; "
+    lines = [f"# Train-step time ({args.batch} x {args.seq} tokens, {args.precision}, CPU, "
+             f"{torch.get_num_threads()} threads; "
              f"median of {args.repeats} interleaved repeats)", "",
              "| model | " + " | ".join(next(iter(result["models"].values()))["median_s"]) + " | SoRA/LoRA (paper, code)"
              " | SoRA/AdaLoRA (paper, code) | LoRA/floor |", "|---|" + "---|" * 8]

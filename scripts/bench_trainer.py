@@ -1,9 +1,9 @@
 """What the SoRA wiring adds to a transformers.Trainer step, against the same Trainer with plain peft LoRA at
 r = r_max (target: <= 2 %).
 
-all-MiniLM-L6-v2 (real weights), sequence classification, batches of 16 x 128 tokens, fp32, CPU or CUDA. Three
-setups, each a full `trainer.train()` of --steps steps, timed from the first to the last step end (the first
---warmup steps excluded), repeated --repeats times interleaved (A B C, A B C, ...); ratios are medians of
+all-MiniLM-L6-v2 (real weights), sequence classification, batches of 16 x 128 tokens, bf16 autocast (--precision),
+CPU or CUDA. Three setups, each a full `trainer.train()` of --steps steps, timed from the first to the last step end
+(the first --warmup steps excluded), repeated --repeats times interleaved (A B C, A B C, ...); ratios are medians of
 per-repeat paired ratios:
 
 * ``lora``: stock peft LoRA r=8, torch AdamW built as `sora_optimizer(kind="adamw")` builds it (same groups
@@ -52,7 +52,7 @@ class StepClock(TrainerCallback):
         return (t[-1] - t[0]) / (len(t) - 1)
 
 
-def run(setup: str, steps: int, warmup: int, rows) -> float:
+def run(setup: str, steps: int, warmup: int, rows, precision: str = "bf16") -> float:
     from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(0)
@@ -60,7 +60,8 @@ def run(setup: str, steps: int, warmup: int, rows) -> float:
                                                                num_labels=2)
     args = TrainingArguments(output_dir="/tmp/bench_trainer", per_device_train_batch_size=16, max_steps=steps,
                              learning_rate=1e-3, weight_decay=0.1, logging_steps=10, save_strategy="no",
-                             report_to="none", disable_tqdm=True, use_cpu=not torch.cuda.is_available())
+                             report_to="none", disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
+                             bf16=precision == "bf16")
     if setup == "lora":
         model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16,
                                                  target_modules=target_regex("all"),
@@ -91,6 +92,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="bf16",
+                    help="bf16 autocast is the CPU default: it kept the metrics (results/bench/cpu_precision.md)")
     ap.add_argument("--out", default=str(ROOT / "results" / "bench"))
     args = ap.parse_args(argv)
     g = torch.Generator().manual_seed(0)
@@ -100,7 +103,7 @@ def main(argv=None) -> int:
     times = {s: [] for s in setups}
     for _ in range(args.repeats):
         for s in setups:
-            times[s].append(run(s, args.steps, args.warmup, rows))
+            times[s].append(run(s, args.steps, args.warmup, rows, args.precision))
     ratio = {s: statistics.median(a / b for a, b in zip(times[s], times["lora"])) for s in setups[1:]}
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
     result = {"device": device, "threads": torch.get_num_threads(), "steps": args.steps, "warmup": args.warmup,
@@ -110,7 +113,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "trainer_step.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# transformers.Trainer step, SoRA wiring vs plain peft LoRA r=8 ({device}, {result['threads']} "
-             f"threads, MiniLM, 16 x 128, fp32)", "", "| setup | median step (s) | ÷ LoRA (paired median) |",
+             f"threads, MiniLM, 16 x 128, {args.precision})", "",
+             "| setup | median step (s) | ÷ LoRA (paired median) |",
              "|---|---|---|", f"| lora | {result['median_step_s']['lora']:.3f} | 1 |",
              *[f"| {s} | {result['median_step_s'][s]:.3f} | {ratio[s]:.3f} |" for s in setups[1:]],
              "", f"Target: sora_wiring ÷ lora ≤ 1.02. {args.repeats} interleaved repeats of {args.steps} steps "

@@ -142,7 +142,7 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path, tracker, fingerp
     _seed_everything(cfg.seed)
     if device.type == "cuda" and cfg.train.tf32:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    autocast = _autocast(cfg.train.precision, device)
+    autocast = autocast_factory(cfg.train.precision, device)
     log.info("run %s on %s, precision %s", rid, device, cfg.train.precision)
 
     setup = _prepare(cfg, task)
@@ -538,7 +538,8 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _autocast(precision: str, device: torch.device):
+def autocast_factory(precision: str, device: torch.device):
+    """A zero-argument context factory for the forward pass: nothing (fp32) or bf16 autocast on any device."""
     if precision == "fp32":
         return contextlib.nullcontext
     if precision == "bf16":
