@@ -52,7 +52,7 @@ frontier: $(VENV)/.installed ## accuracy vs retained params: SoRA xi grid, LoRA 
 	$(PY) scripts/train.py -m experiment=$(FRONTIER) task=$(TASK) method=lora method.r=1,2,4,8 $(ARGS)
 	$(PY) scripts/train.py -m experiment=$(FRONTIER) task=$(TASK) method=sora method.xi=$(XIS) $(ARGS)
 	$(PY) scripts/train.py -m experiment=$(FRONTIER) task=$(TASK) method=adalora method.target_r=2,4,8 $(ARGS)
-	$(PY) scripts/aggregate.py --results $$($(PY) -c "from sora.config import load_config as l; print(l(['experiment=$(FRONTIER)']).results_dir)") --tasks $(TASK)
+	$(PY) scripts/aggregate.py --results $$($(PY) -c "from sora.config import load_config as l; print(l(['experiment=$(FRONTIER)']).results_dir)") --tasks $(TASK) --pool-code
 
 EXPERIMENT ?= paper_table1
 RATE ?= --bench results/bench/step_time.json

@@ -104,6 +104,23 @@ def run_id(cfg, data_fingerprint: str | None = None) -> str:
     return f"{cfg.task.name}-{cfg.method.name}-{cfg.model.name}-s{cfg.seed}-{digest}"
 
 
+def finished_equivalent(results_dir, cfg, data_fingerprint: str) -> Path | None:
+    """A finished record of this configuration and seed filed under another run id: its identity was written
+    under older rules (e.g. before a new key's neutral default was left out), so the id differs but the run is
+    the same. Re-running it would count the seed twice."""
+    want = identity(cfg, data_fingerprint)
+    prefix = f"{cfg.task.name}-{cfg.method.name}-{cfg.model.name}-s{cfg.seed}-"
+    for path in sorted((Path(results_dir) / "records").glob(f"{prefix}*/record.json")):
+        try:
+            rec = read_record(path)
+        except CorruptRecord:
+            continue
+        stored = rec.get("identity")
+        if rec.get("status") == "finished" and stored and drop_launch_keys(json.loads(json.dumps(stored))) == want:
+            return path
+    return None
+
+
 def _clean(obj):
     """NaN/inf -> None so the file is strict JSON (readers map None back to NaN)."""
     if isinstance(obj, float) and not math.isfinite(obj):

@@ -19,7 +19,7 @@ from sora.results.load import Records
 from sora.results.tables import _table_runs, per_run_scores
 
 COLUMNS = ["task", "method", "label", "params", "params_std", "head_params", "score", "score_std", "n", "failed",
-           "diverged", "seeds", "pareto"]
+           "diverged", "seeds", "commits", "pareto"]
 
 
 def pareto_mask(params, scores) -> list[bool]:
@@ -33,6 +33,12 @@ def pareto_mask(params, scores) -> list[bool]:
         dominated = (p <= p[i]) & (s >= s[i]) & ((p < p[i]) | (s > s[i])) & np.isfinite(s)
         out.append(not dominated.any())
     return out
+
+
+def _commits(records: Records, run_ids) -> str:
+    """The code commits a point's runs were made by: a sweep spanning sessions pools them (aggregate
+    --pool-code), and the CSV says which were pooled."""
+    return " ".join(sorted({(records.raw[r].get("git") or {}).get("commit", "?")[:8] for r in run_ids}))
 
 
 def frontier_frame(records: Records, task: str) -> pd.DataFrame:
@@ -51,7 +57,7 @@ def frontier_frame(records: Records, task: str) -> pd.DataFrame:
                      "failed": int(((failed.label == label) & (failed.task == task)).sum()) + len(g) - len(ok)
                      - int(g["diverged"].sum()),
                      "diverged": " ".join(map(str, sorted(g[g["diverged"]]["seed"]))),
-                     "seeds": " ".join(map(str, sorted(g["seed"])))})
+                     "seeds": " ".join(map(str, sorted(g["seed"]))), "commits": _commits(records, g["run_id"])})
     out = pd.DataFrame(rows, columns=COLUMNS[:-1])
     out["pareto"] = pareto_mask(out["params"], out["score"]) if len(out) else []
     return out.sort_values(["method", "params"]).reset_index(drop=True)

@@ -36,6 +36,7 @@ from sora.records import (
     CorruptRecord,
     RunLock,
     atomic_write_text,
+    finished_equivalent,
     git_state,
     identity,
     json_line,
@@ -99,6 +100,9 @@ def train(cfg) -> dict | None:
             if existing.get("status") == "finished":
                 print(f"[sora] {rid}: finished record exists at {record_path}; not overwriting")
                 return existing
+        elif (twin := finished_equivalent(cfg.results_dir, cfg, fingerprint)) is not None:
+            print(f"[sora] {rid}: this configuration and seed finished as {twin.parent.name}; not re-running")
+            return read_record(twin)
         handler = _log_to(run_dir / "log.txt")
         # one line that names the run: a Slurm task's own log file says which run it was
         print(f"[sora] {rid}: training (log {run_dir / 'log.txt'}; slurm job {slurm_job() or '-'})", flush=True)
