@@ -61,3 +61,27 @@ def test_constant_scores_are_the_real_dev_majority_share(task):
         pytest.skip(f"{path} not here (the full GLUE dev files ship only with this workplace's ../shared)")
     labels = pd.read_csv(path, sep="\t", quoting=3)["label"]
     assert t.constant_score == pytest.approx(100 * labels.value_counts().max() / len(labels), abs=0.005)
+
+
+def test_a_point_that_kept_no_rank_is_drawn_and_counted(tmp_path):
+    """SoRA at a large threshold can prune every rank (head only): 0 retained parameters, no place on a log axis,
+    but still a point of the frontier (the fewest parameters)."""
+    import shutil
+
+    from sora.records import write_record
+    from tests.fixtures import make_results_fixture as fx
+
+    results = tmp_path / "results"
+    shutil.copytree(FIXTURES / "results", results)
+    for seed in (0, 21, 42):
+        rec = fx.record("mrpc", "sora", seed, 0.75)
+        rec["run_id"] = f"mrpc-sora-allpruned-s{seed}"
+        rec["config"]["method"]["xi"] = 0.5
+        rec["params"].update(retained=0, total_rank=0)
+        write_record(results / "records" / rec["run_id"] / "record.json", rec)
+    records = load_records(results)
+    frame = frontier_frame(records, "mrpc")
+    zero = frame[frame["params"] == 0]
+    assert len(zero) == 1 and zero["score"].iloc[0] == pytest.approx(75.0) and bool(zero["pareto"].iloc[0])
+    paths = write_frontier(records, "mrpc", tmp_path / "tables", tmp_path / "plots")
+    assert paths[1].stat().st_size > 0

@@ -75,15 +75,22 @@ def plot_frontier(frame: pd.DataFrame, task: str, out_dir: str | Path) -> list[P
         return []
     fig, ax = plt.subplots(figsize=(7.2, 4.6))
     colors = {"sora": "tab:red", "lora": "tab:blue", "adalora": "tab:green"}
+    positive = frame["params"][frame["params"] > 0]
+    zero_x = positive.min() / 4 if len(positive) else 1.0  # a log axis has no 0: such points sit left of all others
     for method, g in frame.groupby("method"):
         g = g.dropna(subset=["score"]).sort_values("params")
-        ax.errorbar(g["params"], g["score"], yerr=g["score_std"].fillna(0), xerr=g["params_std"].fillna(0),
-                    fmt="-o", ms=4, capsize=3, color=colors.get(method, "tab:gray"), label=method)
+        color = colors.get(method, "tab:gray")
+        x = g["params"].where(g["params"] > 0, zero_x)
+        ax.errorbar(x, g["score"], yerr=g["score_std"].fillna(0), xerr=g["params_std"].fillna(0),
+                    fmt="-o", ms=4, capsize=3, color=color, label=method)
+        for r in g[g["params"] <= 0].itertuples():  # every rank pruned: only the head learned
+            ax.annotate("0 ranks kept (head only)", (zero_x, r.score), fontsize=7, textcoords="offset points",
+                        xytext=(4, 6), color=color)
         for r in g[g["diverged"] != ""].itertuples():  # diverged seeds are left out of the mean, and said so
-            ax.annotate(f"seed {r.diverged} diverged", (r.params, r.score), fontsize=7, textcoords="offset points",
-                        xytext=(4, -10), color=colors.get(method, "tab:gray"))
+            ax.annotate(f"seed {r.diverged} diverged", (x[r.Index], r.score), fontsize=7,
+                        textcoords="offset points", xytext=(4, -10), color=color)
         star = g[g["pareto"]]
-        ax.scatter(star["params"], star["score"], s=160, facecolors="none", edgecolors="black", zorder=5)
+        ax.scatter(x[star.index], star["score"], s=160, facecolors="none", edgecolors="black", zorder=5)
     ax.scatter([], [], s=160, facecolors="none", edgecolors="black", label="Pareto-optimal")
     ax.set_xscale("log")
     ax.set_xlabel("retained adapter parameters (log scale; head excluded)")
