@@ -26,8 +26,11 @@ def test_frontier_from_fixture_records(tmp_path):
     assert frame.loc["sora", "params"] < frame.loc["lora", "params"]
     assert bool(frame.loc["sora", "pareto"]) and not bool(frame.loc["lora", "pareto"])
     paths = write_frontier(records, "mrpc", tmp_path / "tables", tmp_path / "plots")
-    assert [p.name for p in paths] == ["frontier_mrpc.csv", "frontier_mrpc.png", "frontier_mrpc.pdf"]
-    assert paths[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in paths] == ["frontier_mrpc.csv", "frontier_mrpc.md", "frontier_mrpc.png",
+                                       "frontier_mrpc.pdf"]
+    assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    row = next(line for line in paths[1].read_text().splitlines() if line.startswith("| SoRA"))
+    assert "| 89.00 ± 1.00 |" in row and "| yes |" in row  # mean ± std of seeds 0/21/42, Pareto-optimal
 
 
 def test_a_diverged_seed_is_marked_not_averaged(tmp_path):
@@ -84,4 +87,4 @@ def test_a_point_that_kept_no_rank_is_drawn_and_counted(tmp_path):
     zero = frame[frame["params"] == 0]
     assert len(zero) == 1 and zero["score"].iloc[0] == pytest.approx(75.0) and bool(zero["pareto"].iloc[0])
     paths = write_frontier(records, "mrpc", tmp_path / "tables", tmp_path / "plots")
-    assert paths[1].stat().st_size > 0
+    assert paths[2].stat().st_size > 0

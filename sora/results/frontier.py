@@ -108,4 +108,22 @@ def write_frontier(records: Records, task: str, tables_dir: str | Path, plots_di
     Path(tables_dir).mkdir(parents=True, exist_ok=True)
     csv = Path(tables_dir) / f"frontier_{task}.csv"
     frame.to_csv(csv, index=False)
-    return [csv, *plot_frontier(frame, task, plots_dir)]
+    md = Path(tables_dir) / f"frontier_{task}.md"
+    md.write_text(render_frontier_markdown(frame, task))
+    return [csv, md, *plot_frontier(frame, task, plots_dir)]
+
+
+def render_frontier_markdown(frame: pd.DataFrame, task: str) -> str:
+    """The CSV as a table a README can quote: one row per configuration, by method and parameters."""
+    lines = [f"# {task}: task metric x100 vs retained adapter parameters", "",
+             "| configuration | seeds | metric (mean ± std) | retained params | Pareto | failed | diverged seeds |",
+             "|---|---|---|---|---|---|---|"]
+    for r in frame.itertuples():
+        score = "—" if r.score != r.score else f"{r.score:.2f}" + (f" ± {r.score_std:.2f}" if r.n > 1 else "")
+        params = "—" if r.params != r.params else f"{r.params:,.0f}" + (f" ± {r.params_std:,.0f}" if r.params_std
+                                                                        else "")
+        lines.append(f"| {r.label} | {r.seeds} | {score} | {params} | {'yes' if r.pareto else ''} | "
+                     f"{r.failed or ''} | {r.diverged} |")
+    lines += ["", "Diverged seeds (no better than a constant prediction + 1 point) and failed runs are not in the "
+              "mean. The head (classifier + pooler) is trained by every method and not counted."]
+    return "\n".join(lines) + "\n"
