@@ -47,7 +47,7 @@ controlled: $(VENV)/.installed ## one shared recipe for every method + the two c
 	$(PY) scripts/aggregate.py --results $(RESULTS)/controlled --tasks $(TASK)
 
 FRONTIER ?= frontier_minilm
-XIS ?= 1e-4,1e-3,4e-3,8e-3,1.2e-2,1.6e-2
+XIS ?= 1e-4,1e-3,4e-3,8e-3,1e-2,1.2e-2
 frontier: $(VENV)/.installed ## accuracy vs retained params: SoRA xi grid, LoRA r 1-8, AdaLoRA budgets (TASK=mrpc FRONTIER=frontier)
 	$(PY) scripts/train.py -m experiment=$(FRONTIER) task=$(TASK) method=lora method.r=1,2,4,8 $(ARGS)
 	$(PY) scripts/train.py -m experiment=$(FRONTIER) task=$(TASK) method=sora method.xi=$(XIS) $(ARGS)
