@@ -115,10 +115,14 @@ def finished_equivalent(results_dir, cfg, data_fingerprint: str) -> Path | None:
             rec = read_record(path)
         except CorruptRecord:
             continue
-        stored = rec.get("identity")
-        if rec.get("status") == "finished" and stored and drop_launch_keys(json.loads(json.dumps(stored))) == want:
+        if rec.get("status") == "finished" and rec.get("identity") and current_identity(rec["identity"]) == want:
             return path
     return None
+
+
+def current_identity(stored: dict) -> dict:
+    """A stored identity re-reduced by today's rules (a neutral default an older version kept drops out)."""
+    return drop_launch_keys(json.loads(json.dumps(stored)))
 
 
 def _clean(obj):

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from sora.errors import UserError
-from sora.records import CorruptRecord, drop_launch_keys, read_record
+from sora.records import CorruptRecord, current_identity, drop_launch_keys, read_record
 from sora.tuners.targets import matrix_type
 
 PAPER_MODEL = "deberta_v3_base"
@@ -43,9 +43,7 @@ class Records:
 def flat_identity(rec: dict, pool_code: bool = False) -> dict[str, object]:
     """The keys that make a run's configuration, flattened: identity (or the config of older records) minus the
     seed, plus the device that ran it and, unless ``pool_code``, the code commit and package versions."""
-    # stored identities are re-reduced by today's rules (a neutral default written by an older version drops out)
-    ident = drop_launch_keys(json.loads(json.dumps(rec["identity"]))) if rec.get("identity") else \
-        _strip_launch_keys(rec.get("config") or {})
+    ident = current_identity(rec["identity"]) if rec.get("identity") else _strip_launch_keys(rec.get("config") or {})
     flat = {k: v for k, v in _flatten(ident).items() if k != "seed"}
     runtime = rec.get("runtime") or {}
     for key in ("device", "device_name", "tf32"):
