@@ -3,7 +3,7 @@
 import pytest
 
 from sora.results import load_records
-from sora.results.frontier import frontier_frame, pareto_mask, write_frontier
+from sora.results.frontier import dominated_by, frontier_frame, pareto_mask, write_frontier
 from tests.conftest import FIXTURES
 
 
@@ -14,6 +14,11 @@ def test_pareto_points_by_hand():
     mask = pareto_mask([p for p, _ in points.values()], [s for _, s in points.values()])
     assert dict(zip(points, mask)) == {"A": True, "B": False, "C": False, "D": False, "E": True, "F": True}
     assert pareto_mask([10, 20], [float("nan"), 50]) == [False, True]  # a diverged point is never optimal
+    # who beats each dominated point most cheaply: C by A; B by F (same size, higher); D by B and F (both 200
+    # params), F named for its higher score; optimal points and a diverged one name nobody
+    by = dominated_by([p for p, _ in points.values()], [s for _, s in points.values()], list(points))
+    assert dict(zip(points, by)) == {"A": "", "B": "F", "C": "A", "D": "F", "E": "", "F": ""}
+    assert dominated_by([10, 20], [float("nan"), 50], ["x", "y"]) == ["", ""]
 
 
 def test_frontier_from_fixture_records(tmp_path):
@@ -31,6 +36,9 @@ def test_frontier_from_fixture_records(tmp_path):
     assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     row = next(line for line in paths[1].read_text().splitlines() if line.startswith("| SoRA"))
     assert "| 89.00 ± 1.00 |" in row and "| yes |" in row  # mean ± std of seeds 0/21/42, Pareto-optimal
+    lora = next(line for line in paths[1].read_text().splitlines() if line.startswith("| LoRA"))
+    assert f"| {frame.loc['sora', 'label']} |" in lora  # LoRA r=8 is beaten by the smaller SoRA point, named
+    assert "accuracy (mean ± std)" in paths[1].read_text()  # MRPC's reported metric, named
 
 
 def test_a_diverged_seed_is_marked_not_averaged(tmp_path):

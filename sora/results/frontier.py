@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sora.data.tasks import TASKS
 from sora.results.load import Records
 from sora.results.tables import _table_runs, per_run_scores
 
 COLUMNS = ["task", "method", "label", "params", "params_std", "head_params", "score", "score_std", "n", "failed",
-           "diverged", "seeds", "commits", "pareto"]
+           "diverged", "seeds", "commits", "pareto", "dominated_by"]
 
 
 def pareto_mask(params, scores) -> list[bool]:
@@ -32,6 +33,21 @@ def pareto_mask(params, scores) -> list[bool]:
             continue
         dominated = (p <= p[i]) & (s >= s[i]) & ((p < p[i]) | (s > s[i])) & np.isfinite(s)
         out.append(not dominated.any())
+    return out
+
+
+def dominated_by(params, scores, labels) -> list[str]:
+    """For each point, the cheapest point that dominates it ("" for a Pareto-optimal or unscored one): the
+    reader's question is not only "is SoRA on the front" but "which simpler choice beats it, at what size"."""
+    p, s = np.asarray(params, float), np.asarray(scores, float)
+    out = []
+    for i in range(len(p)):
+        dom = np.isfinite(s) & (p <= p[i]) & (s >= s[i]) & ((p < p[i]) | (s > s[i]))
+        if not np.isfinite(s[i]) or not dom.any():
+            out.append("")
+            continue
+        j = min(np.flatnonzero(dom), key=lambda k: (p[k], -s[k]))  # fewest params; among equals the best score
+        out.append(str(labels[j]))
     return out
 
 
@@ -58,8 +74,9 @@ def frontier_frame(records: Records, task: str) -> pd.DataFrame:
                      - int(g["diverged"].sum()),
                      "diverged": " ".join(map(str, sorted(g[g["diverged"]]["seed"]))),
                      "seeds": " ".join(map(str, sorted(g["seed"]))), "commits": _commits(records, g["run_id"])})
-    out = pd.DataFrame(rows, columns=COLUMNS[:-1])
+    out = pd.DataFrame(rows, columns=COLUMNS[:-2])
     out["pareto"] = pareto_mask(out["params"], out["score"]) if len(out) else []
+    out["dominated_by"] = dominated_by(out["params"], out["score"], out["label"]) if len(out) else []
     return out.sort_values(["method", "params"]).reset_index(drop=True)
 
 
@@ -115,15 +132,16 @@ def write_frontier(records: Records, task: str, tables_dir: str | Path, plots_di
 
 def render_frontier_markdown(frame: pd.DataFrame, task: str) -> str:
     """The CSV as a table a README can quote: one row per configuration, by method and parameters."""
-    lines = [f"# {task}: task metric x100 vs retained adapter parameters", "",
-             "| configuration | seeds | metric (mean ± std) | retained params | Pareto | failed | diverged seeds |",
-             "|---|---|---|---|---|---|---|"]
+    metric = TASKS[task].main_metric if task in TASKS else "task metric"
+    lines = [f"# {task}: {metric} x100 vs retained adapter parameters", "",
+             f"| configuration | seeds | {metric} (mean ± std) | retained params | Pareto | dominated by | failed "
+             "| diverged seeds |", "|---|---|---|---|---|---|---|---|"]
     for r in frame.itertuples():
         score = "—" if r.score != r.score else f"{r.score:.2f}" + (f" ± {r.score_std:.2f}" if r.n > 1 else "")
         params = "—" if r.params != r.params else f"{r.params:,.0f}" + (f" ± {r.params_std:,.0f}" if r.params_std
                                                                         else "")
         lines.append(f"| {r.label} | {r.seeds} | {score} | {params} | {'yes' if r.pareto else ''} | "
-                     f"{r.failed or ''} | {r.diverged} |")
+                     f"{r.dominated_by} | {r.failed or ''} | {r.diverged} |")
     lines += ["", "Diverged seeds (no better than a constant prediction + 1 point) and failed runs are not in the "
               "mean. The head (classifier + pooler) is trained by every method and not counted."]
     return "\n".join(lines) + "\n"
