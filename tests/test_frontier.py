@@ -96,3 +96,18 @@ def test_a_point_that_kept_no_rank_is_drawn_and_counted(tmp_path):
     assert len(zero) == 1 and zero["score"].iloc[0] == pytest.approx(75.0) and bool(zero["pareto"].iloc[0])
     paths = write_frontier(records, "mrpc", tmp_path / "tables", tmp_path / "plots")
     assert paths[2].stat().st_size > 0
+
+
+def test_frontier_recipe_is_per_task_and_keeps_committed_run_ids():
+    """CoLA trains longer than MRPC / STS-B (results/minilm_frontier/PILOT.md); the per-task choice is resolved
+    into the run's config, so the MRPC and STS-B records committed before it keep their run ids (a changed id
+    would re-train them and split their table rows)."""
+    from sora.config import load_config
+    from sora.records import run_id
+
+    cfg = {t: load_config(["experiment=frontier_minilm", "method=lora", "seed=0", f"task={t}"])
+           for t in ("mrpc", "stsb", "cola")}
+    assert (cfg["mrpc"].train.epochs, cfg["stsb"].train.epochs, cfg["cola"].train.epochs) == (3, 3, 6)
+    # the committed LoRA r=8 seed-0 records (results/minilm_frontier/records), made before the per-task recipe
+    assert run_id(cfg["mrpc"]) == "mrpc-lora-minilm-s0-af4058c768"
+    assert run_id(cfg["stsb"]) == "stsb-lora-minilm-s0-9fe99644be"
