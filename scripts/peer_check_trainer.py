@@ -191,8 +191,8 @@ def main(argv=None) -> int:
     if args.compare:
         return compare(args.task, [Path(d) for d in args.compare], out)
     for seed in args.seeds:
-        path = out / f"{args.task}-{args.sampler}-s{seed}.json" if args.sampler != "random" else \
-            out / f"{args.task}-s{seed}.json"
+        tag = "" if args.sampler == "random" else f"-{args.sampler}"  # random: the name files had before --sampler
+        path = out / f"{args.task}{tag}-s{seed}.json"
         if path.exists():
             print(f"{path} exists; skipping")
             continue

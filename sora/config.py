@@ -16,7 +16,7 @@ if not OmegaConf.has_resolver("repo_root"):
 # ${mul:2,${method.r}}: a LoRA alpha that keeps the scale alpha / r fixed whatever r a sweep picks
 if not OmegaConf.has_resolver("mul"):
     OmegaConf.register_new_resolver("mul", lambda a, b: a * b)
-# ${per_task:${task.name},{cola:10},3}: one experiment whose recipe differs for some tasks; the run's config
+# ${per_task:${task.name},{cola:6},3}: one experiment whose recipe differs for some tasks; the run's config
 # (and so its identity) holds the resolved value, never the table
 if not OmegaConf.has_resolver("per_task"):
     OmegaConf.register_new_resolver("per_task", lambda task, table, default: table.get(task, default))

@@ -23,31 +23,26 @@ COLUMNS = ["task", "method", "label", "params", "params_std", "head_params", "sc
            "diverged", "seeds", "commits", "pareto", "dominated_by"]
 
 
+def _dominators(p: np.ndarray, s: np.ndarray, i: int) -> np.ndarray:
+    """Indices of the scored points with at most point i's parameters and at least its score, one strictly."""
+    return np.flatnonzero(np.isfinite(s) & (p <= p[i]) & (s >= s[i]) & ((p < p[i]) | (s > s[i])))
+
+
 def pareto_mask(params, scores) -> list[bool]:
     """True where no other point has at most as many parameters and at least the score, one of them strictly."""
     p, s = np.asarray(params, float), np.asarray(scores, float)
-    out = []
-    for i in range(len(p)):
-        if not np.isfinite(s[i]):
-            out.append(False)
-            continue
-        dominated = (p <= p[i]) & (s >= s[i]) & ((p < p[i]) | (s > s[i])) & np.isfinite(s)
-        out.append(not dominated.any())
-    return out
+    return [bool(np.isfinite(s[i])) and not len(_dominators(p, s, i)) for i in range(len(p))]
 
 
 def dominated_by(params, scores, labels) -> list[str]:
     """For each point, the cheapest point that dominates it ("" for a Pareto-optimal or unscored one): the
     reader's question is not only "is SoRA on the front" but "which simpler choice beats it, at what size"."""
-    p, s = np.asarray(params, float), np.asarray(scores, float)
+    p, s, labels = np.asarray(params, float), np.asarray(scores, float), list(labels)
     out = []
     for i in range(len(p)):
-        dom = np.isfinite(s) & (p <= p[i]) & (s >= s[i]) & ((p < p[i]) | (s > s[i]))
-        if not np.isfinite(s[i]) or not dom.any():
-            out.append("")
-            continue
-        j = min(np.flatnonzero(dom), key=lambda k: (p[k], -s[k]))  # fewest params; among equals the best score
-        out.append(str(labels[j]))
+        dom = _dominators(p, s, i) if np.isfinite(s[i]) else []
+        # fewest params; among equals the best score
+        out.append(str(labels[min(dom, key=lambda k: (p[k], -s[k]))]) if len(dom) else "")
     return out
 
 
