@@ -86,6 +86,7 @@ def test_cpu_smoke_with_cli_runs_and_compile(tmp_path):
     """The real CLI for every method (bf16: the path a GPU run takes), and one compiled group (dynamo with
     the eager backend: the wiring, without minutes of inductor code generation on 2 cores)."""
     result = bench_gpu().main([*TINY, "--compile-backend", "eager", "--precisions", "bf16", "--attentions", "eager",
+                               "--budget-s", "1200",  # the compile group is guessed at 300 s before it is timed
                                "--out", str(tmp_path)])
     check_cells(result)
     for method in METHODS:
@@ -93,3 +94,35 @@ def test_cpu_smoke_with_cli_runs_and_compile(tmp_path):
         assert run.get("status") == "finished" and run["rc"] == 0, (method, run)
         assert result["cli"][f"{method}|fp32"]["error"].startswith("skipped: not selected")
     assert "step_ms" in result["cells"]["sora|bf16|eager|on"], result["cells"]["sora|bf16|eager|on"]
+
+
+def test_syncs_beyond_lora_name_what_sora_adds(tmp_path):
+    """A hand-made GPU result: the stock model's syncs (in both steps) are not SoRA's; one extra site is, and is
+    named. ``--render`` recomputes targets and the table from the saved JSON without measuring anything."""
+    module = bench_gpu()
+    model_sites = ["modeling_deberta_v2.py:1060", "modeling_deberta_v2.py:61"]
+    result = {"label": "GPU check on a made-up card", "complete": False, "runtime_s": 1.0,
+              "device": {"type": "cuda", "name": "card", "torch": "t", "cuda": "c", "threads": 1, "transformers": "x",
+                         "peft": "p", "triton": None, "disentangled-flash": None},
+              "shape": {"name": "base", "arch": {"num_hidden_layers": 12, "hidden_size": 768,
+                                                 "num_attention_heads": 12}, "batch": 32, "seq": 128},
+              "tokenizer": {"kind": "none"}, "settings": {"ratio_target": 1.05, "compile_backend": "inductor"},
+              "cells": {"sora|fp32|eager|off": {"syncs": 3, "sync_sites": ["prox.py:7", *model_sites]},
+                        "lora|fp32|eager|off": {"syncs": 2, "sync_sites": model_sites},
+                        "sora|bf16|eager|off": {"syncs": 2, "sync_sites": model_sites},
+                        "lora|bf16|eager|off": {"syncs": 2, "sync_sites": model_sites}},
+              "ratios": {"fp32|eager|off": {"sora_over_lora": 1.04, "sora_over_adalora": 0.5},
+                         "bf16|eager|off": {"sora_over_lora": 1.10, "sora_over_adalora": 0.5}},
+              "cli": {}, "targets": {}}
+    for cell in result["cells"].values():
+        cell.update(step_ms=1.0, tokens_per_s=1.0, peak_mb=1.0, first_step_s=1.0)
+    path = tmp_path / "gpu_card.json"
+    path.write_text(json.dumps(result))
+    module.main(["--render", str(path)])
+    targets = json.loads(path.read_text())["targets"]
+    fp32, bf16 = targets["fp32|eager|off"], targets["bf16|eager|off"]
+    assert (fp32["ratio_ok"], fp32["syncs_ok"], fp32["sora_own_syncs"], fp32["own_syncs_ok"]) == (True, False, 1, False)
+    assert fp32["sora_own_sites"] == ["prox.py:7"]
+    assert (bf16["ratio_ok"], bf16["syncs_ok"], bf16["sora_own_syncs"], bf16["own_syncs_ok"]) == (False, False, 0, True)
+    table = (tmp_path / "gpu_card.md").read_text()
+    assert "| fp32 | eager | off | 1.040 | PASS | 0.500 | 3 | FAIL | 1 (`prox.py:7`) | FAIL |" in table
