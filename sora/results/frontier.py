@@ -106,8 +106,9 @@ def plot_frontier(frame: pd.DataFrame, task: str, out_dir: str | Path) -> list[P
     ax.scatter([], [], s=160, facecolors="none", edgecolors="black", label="Pareto-optimal")
     ax.set_xscale("log")
     ax.set_xlabel("retained adapter parameters (log scale; head excluded)")
-    ax.set_ylabel("task metric x100 (mean ± std over seeds)")
-    ax.set_title(f"{task}: accuracy vs parameters")
+    metric = TASKS[task].main_metric if task in TASKS else "task metric"  # STS-B is Pearson, CoLA MCC
+    ax.set_ylabel(f"{metric} x100 (mean ± std over seeds)")
+    ax.set_title(f"{task}: {metric} vs retained adapter parameters")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return _save(fig, Path(out_dir), f"frontier_{task}")
