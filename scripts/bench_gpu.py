@@ -413,7 +413,7 @@ def targets(result: dict) -> dict:
         counted = gpu and isinstance(syncs, int) and isinstance(lora_syncs, int)
         own = syncs - lora_syncs if counted else None
         out[group] = {
-            "sora_over_lora": r, "sora_syncs": syncs, "lora_syncs": lora_syncs, "sora_own_syncs": own,
+            "sora_over_lora": r, "sora_syncs": syncs, "sora_own_syncs": own,
             "sora_own_sites": sorted(set(sora.get("sync_sites", [])) - set(lora.get("sync_sites", []))),
             "ratio_ok": None if r is None or not gpu else r <= result["settings"]["ratio_target"],
             "syncs_ok": syncs == 0 if gpu and isinstance(syncs, int) else None,
@@ -555,12 +555,17 @@ def new_result(args, tokenizer: tuple) -> dict:
             "targets": {}, "runtime_s": 0.0, "complete": False}
 
 
+def write(result: dict, json_path: Path) -> None:
+    """Targets from the cells, then the JSON and the .md beside it: one writer for a live check and --render."""
+    result["targets"] = targets(result)
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    json_path.with_suffix(".md").write_text(markdown(result))
+
+
 def render(path: Path) -> dict:
     """Targets and tables again from a saved check (a later rule applied to figures a lent GPU measured)."""
     result = json.loads(path.read_text())
-    result["targets"] = targets(result)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    path.with_suffix(".md").write_text(markdown(result))
+    write(result, path)
     print_targets(result)
     return result
 
@@ -582,9 +587,7 @@ def main(argv=None) -> dict:
 
     def save() -> None:
         result["runtime_s"] = time.monotonic() - clock.t0
-        result["targets"] = targets(result)
-        (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / f"{stem}.md").write_text(markdown(result))
+        write(result, out / f"{stem}.json")
 
     print(f"{result['label']}; shape {args.shape}, batch {args.batch} x {args.seq}; budget {args.budget_s:g} s",
           flush=True)

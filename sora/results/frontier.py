@@ -75,6 +75,11 @@ def frontier_frame(records: Records, task: str) -> pd.DataFrame:
     return out.sort_values(["method", "params"]).reset_index(drop=True)
 
 
+def metric_name(task: str) -> str:
+    """The task's own metric (STS-B Pearson, CoLA MCC), for the table header and the plot's axis alike."""
+    return TASKS[task].main_metric if task in TASKS else "task metric"
+
+
 def plot_frontier(frame: pd.DataFrame, task: str, out_dir: str | Path) -> list[Path]:
     import matplotlib
 
@@ -106,7 +111,7 @@ def plot_frontier(frame: pd.DataFrame, task: str, out_dir: str | Path) -> list[P
     ax.scatter([], [], s=160, facecolors="none", edgecolors="black", label="Pareto-optimal")
     ax.set_xscale("log")
     ax.set_xlabel("retained adapter parameters (log scale; head excluded)")
-    metric = TASKS[task].main_metric if task in TASKS else "task metric"  # STS-B is Pearson, CoLA MCC
+    metric = metric_name(task)
     ax.set_ylabel(f"{metric} x100 (mean ± std over seeds)")
     ax.set_title(f"{task}: {metric} vs retained adapter parameters")
     ax.grid(alpha=0.3, which="both")
@@ -128,7 +133,7 @@ def write_frontier(records: Records, task: str, tables_dir: str | Path, plots_di
 
 def render_frontier_markdown(frame: pd.DataFrame, task: str) -> str:
     """The CSV as a table a README can quote: one row per configuration, by method and parameters."""
-    metric = TASKS[task].main_metric if task in TASKS else "task metric"
+    metric = metric_name(task)
     lines = [f"# {task}: {metric} x100 vs retained adapter parameters", "",
              f"| configuration | seeds | {metric} (mean ± std) | retained params | Pareto | dominated by | failed "
              "| diverged seeds |", "|---|---|---|---|---|---|---|---|"]
