@@ -111,8 +111,7 @@ class Runner:
                                                                      OmegaConf.create(SPECS[method]))
         self.max_grad_norm = train_cfg.max_grad_norm
         self.autocast = autocast_factory(precision, device)
-        self.forward = torch.compile(self.model, dynamic=True, backend=args.compile_backend) if compiled \
-            else self.model
+        self.forward = compiled_forward(self.model, args) if compiled else self.model
 
     def run(self, batch: dict) -> None:
         """One optimizer step exactly as the loop runs it: no synchronisation of its own."""
@@ -138,6 +137,14 @@ class Runner:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def compiled_forward(model: torch.nn.Module, args):
+    """torch.compile as the loop does it (dynamic shapes), unless the check asks for static shapes or another
+    mode: a padded-to-length batch has one shape, and "reduce-overhead" (CUDA graphs) is the lever for a
+    host-bound step."""
+    mode = None if args.compile_mode == "default" else args.compile_mode
+    return torch.compile(model, dynamic=args.compile_dynamic == "true", backend=args.compile_backend, mode=mode)
+
+
 def count_syncs(runner: Runner, batch: dict) -> dict:
     """Host syncs in one step, as CUDA's sync debug mode sees them (with where they come from)."""
     if runner.device.type != "cuda":
@@ -150,8 +157,19 @@ def count_syncs(runner: Runner, batch: dict) -> dict:
         finally:
             torch.cuda.set_sync_debug_mode(0)
     hits = [w for w in caught if SYNC_MESSAGE in str(w.message)]
-    sites = sorted({f"{Path(w.filename).name}:{w.lineno}" for w in hits})
+    sites = sorted({f"{site_path(w.filename)}:{w.lineno}" for w in hits})
     return {"syncs": len(hits), "sync_sites": sites[:8]}
+
+
+def site_path(filename: str) -> str:
+    """A sync site's file as its import path (``torch/cuda/__init__.py``, ``sora/train/step.py``): a bare
+    ``__init__.py`` named a dozen files (the H200 check's SoRA-only site was torch.cuda's sync-debug toggle)."""
+    path = Path(filename).resolve()
+    roots = sorted({Path(p).resolve() for p in sys.path if p}, key=lambda r: len(r.parts), reverse=True)
+    for root in roots:  # the deepest sys.path entry holding the file: site-packages, .gpu's wheels, the repo
+        if path.is_relative_to(root):
+            return path.relative_to(root).as_posix()
+    return path.name
 
 
 def peak_step(runner: Runner, batch: dict) -> float | str:
@@ -174,7 +192,7 @@ def time_group(group: tuple, args, device: torch.device, batch: dict) -> tuple[d
     (A B C, A B C, ...) so drift hits every method alike. Returns (cells, per-repeat step times)."""
     precision, attention, comp = group
     cells, runners = {}, {}
-    for m in SPECS:
+    for m in args.methods:
         try:
             runner = Runner(m, precision, attention, comp == "on", args, device)
             cells[m] = {"first_step_s": runner.step(batch)}  # compilation and autotuning happen here
@@ -243,6 +261,8 @@ def run_step_groups(result: dict, compiled: str, args, device, batch, clock, sav
             for m in SPECS:
                 result["cells"][key(m, *group)] = {"error": f"skipped: {why}"}
             continue
+        for m in (m for m in SPECS if m not in args.methods):
+            result["cells"][key(m, *group)] = {"error": "skipped: not selected (--methods)"}
         print(f"step group {key(*group)} ...", flush=True)
         t = time.monotonic()
         cells, times = time_group(group, args, device, batch)
@@ -362,7 +382,9 @@ def run_cli(result: dict, args, device: torch.device, clock: Clock, save) -> Non
             for precision in PRECISIONS:
                 k = key(method, precision)
                 estimate = clock.estimate("cli", args.min_cli_s)
-                if precision not in args.precisions:
+                if method not in args.methods:
+                    result["cli"][k] = {"error": "skipped: not selected (--methods)"}
+                elif precision not in args.precisions:
                     result["cli"][k] = {"error": "skipped: not selected (--precisions)"}
                 elif tokenizer is None:
                     result["cli"][k] = {"error": f"no tokenizer: {result['tokenizer']['kind']}"}
@@ -421,6 +443,12 @@ def targets(result: dict) -> dict:
     return out
 
 
+def compile_options(settings: dict) -> str:
+    """", dynamic shapes, mode default" (checks saved before these options were recorded: dynamic, default)."""
+    dynamic = "dynamic" if settings.get("compile_dynamic", True) else "static"
+    return f" ({dynamic} shapes, mode `{settings.get('compile_mode', 'default')}`)"
+
+
 def own_syncs(t: dict) -> str:
     """SoRA's syncs beyond LoRA's, with the sites only SoRA's step has (older JSONs lack the fields)."""
     if t.get("sora_own_syncs") is None:
@@ -448,7 +476,7 @@ def markdown(result: dict) -> str:
              f"{d['disentangled-flash'] or '-'}). Shape: `{s['name']}` ({s['arch']['num_hidden_layers']} layers, "
              f"hidden {s['arch']['hidden_size']}, {s['arch']['num_attention_heads']} heads, random weights), "
              f"batch {s['batch']} x {s['seq']} tokens; torch.compile backend "
-             f"`{result['settings']['compile_backend']}`, "
+             f"`{result['settings']['compile_backend']}`{compile_options(result['settings'])}, "
              f"CPU threads {d['threads']}. Tokenizer (CLI runs): {result['tokenizer']['kind']}. "
              f"Check wall time {result['runtime_s']:.0f} s{'' if result['complete'] else ' (INCOMPLETE)'}.", "",
              "## Train step (sora.train.step.train_step)", "",
@@ -483,6 +511,10 @@ def markdown(result: dict) -> str:
         lines.append(f"| {' | '.join(k.split('|'))} | {what} | {c.get('steps', '')} | {fmt(c.get('wall_s'))} | "
                      f"{fmt(peak, '.0f')} |")
     lines += ["", NOTES]
+    if result["settings"].get("compile_mode") == "reduce-overhead":
+        lines += ["", "Under `reduce-overhead` a compiled step's activations live in the CUDA-graph pool allocated at "
+                  "capture (before the peak counter is reset), so its peak MiB is resident state only: not "
+                  "comparable with the other cells."]
     return "\n".join(lines) + "\n"
 
 
@@ -505,6 +537,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps per method, the first included")
     ap.add_argument("--repeats", type=int, default=None, help="timed, interleaved steps per method")
     ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (tests: eager)")
+    ap.add_argument("--compile-dynamic", choices=("true", "false"), default="true",
+                    help="dynamic shapes, as train.compile does (true); false: one static shape, faster to compile")
+    ap.add_argument("--compile-mode", default="default",
+                    choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                    help="torch.compile mode; reduce-overhead = CUDA graphs")
+    ap.add_argument("--methods", nargs="+", choices=tuple(SPECS), default=list(SPECS),
+                    help="a subset (a ratio needs both of its methods)")
     ap.add_argument("--budget-s", type=float, default=420.0, help="stop starting work after this many seconds")
     ap.add_argument("--min-group-s", type=float, default=20.0, help="assumed cost of a step group not yet timed")
     # H200 machine, 16 CPUs (results/bench/gpu_nvidia_h200.md): the first inductor group had not finished after
@@ -521,7 +560,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--tokenizer", default="auto")
     ap.add_argument("--ratio-target", type=float, default=1.05)
     ap.add_argument("--out", default=str(ROOT / "results" / "bench"))
-    ap.add_argument("--name", default=None, help="output stem; default gpu_<device>[_smoke]")
+    ap.add_argument("--name", default=None, help="output stem; default gpu_<device>[_smoke][_<tag>]")
+    ap.add_argument("--tag", default=None, help="appended to the default stem (a second check on one card)")
     ap.add_argument("--render", metavar="JSON", default=None,
                     help="measure nothing: recompute targets and rewrite the .md beside a check's saved JSON")
     args = ap.parse_args(argv)
@@ -546,6 +586,8 @@ def new_result(args, tokenizer: tuple) -> dict:
             "shape": {"name": args.shape, "arch": arch(args.shape), "batch": args.batch, "seq": args.seq},
             "tokenizer": {"source": tokenizer[0], "kind": tokenizer[1]},
             "settings": {"warmup": args.warmup, "repeats": args.repeats, "compile_backend": args.compile_backend,
+                         "compile_dynamic": args.compile_dynamic == "true", "compile_mode": args.compile_mode,
+                         "selected_methods": list(args.methods),
                          "budget_s": args.budget_s, "ratio_target": args.ratio_target,
                          "methods": {m: {**COMMON, **spec} for m, spec in SPECS.items()}},
             # every cell exists from the start: a check stopped by its TIMEOUT still has a complete table
@@ -580,7 +622,8 @@ def main(argv=None) -> dict:
     if args.device.type == "cuda":  # as a run does with train.tf32 (the default), before set_attention
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     result = new_result(args, pick_tokenizer(args.tokenizer, args.shape))
-    stem = args.name or f"gpu_{result['device']['slug']}" + ("" if args.shape == "base" else "_smoke")
+    stem = args.name or (f"gpu_{result['device']['slug']}" + ("" if args.shape == "base" else "_smoke")
+                         + (f"_{args.tag}" if args.tag else ""))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     clock = Clock(args.budget_s)

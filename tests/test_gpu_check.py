@@ -42,7 +42,7 @@ def test_cpu_smoke_writes_every_cell(tmp_path):
     on_disk = json.loads((tmp_path / "gpu_cpu_smoke.json").read_text())
     check_cells(on_disk)
     assert on_disk["complete"] and on_disk["device"]["slug"] == "cpu"
-    assert "NOT GPU figures" in (tmp_path / "gpu_cpu_smoke.md").read_text()
+    assert "NOT GPU figures" in (tmp_path / "gpu_cpu_smoke_graphs.md").read_text()
     eager = [result["cells"][f"{m}|{p}|eager|off"] for m in METHODS for p in PRECISIONS]
     assert all("step_ms" in c for c in eager), eager  # the default path must run, not just be recorded
     assert result["cells"]["sora|fp32|eager|on"]["error"] == "skipped: --no-compile"
@@ -126,3 +126,38 @@ def test_syncs_beyond_lora_name_what_sora_adds(tmp_path):
     assert (bf16["ratio_ok"], bf16["syncs_ok"], bf16["sora_own_syncs"], bf16["own_syncs_ok"]) == (False, False, 0, True)
     table = (tmp_path / "gpu_card.md").read_text()
     assert "| fp32 | eager | off | 1.040 | PASS | 0.500 | 3 | FAIL | 1 (`prox.py:7`) | FAIL |" in table
+
+
+def test_a_subset_of_methods_compiled_static_in_another_mode(tmp_path, monkeypatch):
+    """What a short GPU session runs: SoRA and LoRA only, compiled for one shape in CUDA-graph mode. The options
+    reach torch.compile, the unselected method's cells say why they are empty, and the table names the mode."""
+    module = bench_gpu()
+    calls = []
+
+    def fake_compile(model, **kwargs):
+        calls.append(kwargs)
+        return model
+
+    monkeypatch.setattr(module.torch, "compile", fake_compile)
+    result = module.main([*TINY, "--no-cli", "--methods", "sora", "lora", "--precisions", "bf16", "--attentions",
+                          "eager", "--compile-dynamic", "false", "--compile-mode", "reduce-overhead",
+                          "--budget-s", "1200", "--tag", "graphs", "--out", str(tmp_path)])
+    check_cells(result)
+    assert calls == [{"dynamic": False, "backend": "inductor", "mode": "reduce-overhead"}] * 2  # SoRA, LoRA
+    for method in ("sora", "lora"):
+        assert "step_ms" in result["cells"][f"{method}|bf16|eager|on"]
+    assert result["cells"]["adalora|bf16|eager|on"]["error"] == "skipped: not selected (--methods)"
+    assert result["cells"]["adalora|bf16|eager|off"]["error"] == "skipped: not selected (--methods)"
+    assert result["ratios"]["bf16|eager|on"]["sora_over_lora"] is not None
+    assert result["ratios"]["bf16|eager|on"]["sora_over_adalora"] is None
+    table = (tmp_path / "gpu_cpu_smoke_graphs.md").read_text()
+    assert "static shapes, mode `reduce-overhead`" in table and "CUDA-graph pool" in table
+
+
+def test_sync_sites_name_the_package_path():
+    """``__init__.py:1270`` alone could be any of a dozen files; the site names the module it is in."""
+    import torch
+
+    module = bench_gpu()
+    assert module.site_path(torch.cuda.__file__) == "torch/cuda/__init__.py"
+    assert module.site_path(str(ROOT / "sora" / "train" / "step.py")) == "sora/train/step.py"
