@@ -84,3 +84,43 @@ def tiny_yaml():
     from tests.conftest import ROOT
 
     return ROOT / "conf" / "model" / "tiny.yaml"
+
+
+def test_adalora_module_cut_to_rank_zero_reloads_in_stock_peft_with_identical_logits(tmp_path):
+    """A budget that takes every rank from a module (the CoLA frontier's AdaLoRA 12->4 runs cut 4 modules) is saved
+    by peft as zero-size tensors (peft warns they look unsharded; the export silences that one) and reloads with a
+    warning about unmatched rank_pattern keys: stock peft still rebuilds the masked model exactly, head included."""
+    import warnings
+
+    from peft import PeftModel
+
+    from sora.config import load_config
+    from sora.tuners.methods import build_method
+
+    cfg = load_config(["method=adalora", "model=tiny", "method.init_r=4", "method.target_r=2"])
+    method = build_method(tiny_base(seed=5), cfg.method, total_steps=100)
+    torch.manual_seed(3)
+    for name, p in method.model.named_parameters():
+        if any(k in name for k in ("lora_A", "lora_B", "lora_E", "modules_to_save")):
+            torch.nn.init.normal_(p, std=0.5)  # E starts at 0 in peft: random, so every kept rank shows
+    keys = sorted(n.replace(".default", "") for n, _ in method.model.base_model.model.named_parameters()
+                  if "lora_E.default" in n)
+    pattern = {k: [bool((i + j) % 2) for j in range(4)] for i, k in enumerate(keys)}
+    pattern[keys[0]], pattern[keys[1]] = [False] * 4, [True] * 4  # one module loses every rank, one keeps all
+    method.restore_snapshot(pattern)
+    assert method.ranks()[keys[0].removesuffix(".lora_E")] == 0
+    x = torch.randint(5, 1000, (3, 11))
+    model = method.model.eval()
+    with torch.no_grad():
+        ref = model(input_ids=x).logits
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        method.export(tmp_path / "adapter", None)
+    assert not [w for w in caught if "invalid shape" in str(w.message)]  # the misleading ZeRO-3 hint is not logged
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # peft's own, about rank_pattern keys its AdaLoRA loader does use
+        reloaded = PeftModel.from_pretrained(tiny_base(seed=5), str(tmp_path / "adapter")).eval()
+    saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert any(0 in t.shape for t in saved.values())  # the empty module really is saved empty
+    with torch.no_grad():
+        assert torch.allclose(reloaded(input_ids=x).logits, ref, atol=1e-5)
