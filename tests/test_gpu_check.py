@@ -42,7 +42,7 @@ def test_cpu_smoke_writes_every_cell(tmp_path):
     on_disk = json.loads((tmp_path / "gpu_cpu_smoke.json").read_text())
     check_cells(on_disk)
     assert on_disk["complete"] and on_disk["device"]["slug"] == "cpu"
-    assert "NOT GPU figures" in (tmp_path / "gpu_cpu_smoke_graphs.md").read_text()
+    assert "NOT GPU figures" in (tmp_path / "gpu_cpu_smoke.md").read_text()
     eager = [result["cells"][f"{m}|{p}|eager|off"] for m in METHODS for p in PRECISIONS]
     assert all("step_ms" in c for c in eager), eager  # the default path must run, not just be recorded
     assert result["cells"]["sora|fp32|eager|on"]["error"] == "skipped: --no-compile"
