@@ -61,6 +61,7 @@ SHAPES = {
     "tiny": ("tiny", 2, 16, 2, ROOT / "tests" / "fixtures" / "glue", 32),
 }
 NOT_REACHED = {"error": "not reached: the check was stopped (TIMEOUT) before this configuration"}
+NOT_SELECTED = {"error": "skipped: not selected (--methods)"}
 SYNC_MESSAGE = "synchroniz"  # set_sync_debug_mode("warn"): "called a synchronizing CUDA operation"
 
 
@@ -141,8 +142,7 @@ def compiled_forward(model: torch.nn.Module, args):
     """torch.compile as the loop does it (dynamic shapes), unless the check asks for static shapes or another
     mode: a padded-to-length batch has one shape, and "reduce-overhead" (CUDA graphs) is the lever for a
     host-bound step."""
-    mode = None if args.compile_mode == "default" else args.compile_mode
-    return torch.compile(model, dynamic=args.compile_dynamic == "true", backend=args.compile_backend, mode=mode)
+    return torch.compile(model, dynamic=args.compile_dynamic, backend=args.compile_backend, mode=args.compile_mode)
 
 
 def count_syncs(runner: Runner, batch: dict) -> dict:
@@ -261,8 +261,6 @@ def run_step_groups(result: dict, compiled: str, args, device, batch, clock, sav
             for m in SPECS:
                 result["cells"][key(m, *group)] = {"error": f"skipped: {why}"}
             continue
-        for m in (m for m in SPECS if m not in args.methods):
-            result["cells"][key(m, *group)] = {"error": "skipped: not selected (--methods)"}
         print(f"step group {key(*group)} ...", flush=True)
         t = time.monotonic()
         cells, times = time_group(group, args, device, batch)
@@ -383,7 +381,7 @@ def run_cli(result: dict, args, device: torch.device, clock: Clock, save) -> Non
                 k = key(method, precision)
                 estimate = clock.estimate("cli", args.min_cli_s)
                 if method not in args.methods:
-                    result["cli"][k] = {"error": "skipped: not selected (--methods)"}
+                    result["cli"][k] = dict(NOT_SELECTED)
                 elif precision not in args.precisions:
                     result["cli"][k] = {"error": "skipped: not selected (--precisions)"}
                 elif tokenizer is None:
@@ -444,7 +442,8 @@ def targets(result: dict) -> dict:
 
 
 def compile_options(settings: dict) -> str:
-    """", dynamic shapes, mode default" (checks saved before these options were recorded: dynamic, default)."""
+    """" (dynamic shapes, mode `default`)" for the table's header; checks saved before these options were
+    recorded compiled as train.compile does (dynamic, default)."""
     dynamic = "dynamic" if settings.get("compile_dynamic", True) else "static"
     return f" ({dynamic} shapes, mode `{settings.get('compile_mode', 'default')}`)"
 
@@ -567,6 +566,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.render:
         return args
+    args.compile_dynamic = args.compile_dynamic == "true"
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     args.device = torch.device("cuda" if cuda else "cpu")
     args.shape = args.shape or ("base" if cuda else "small")
@@ -586,13 +586,12 @@ def new_result(args, tokenizer: tuple) -> dict:
             "shape": {"name": args.shape, "arch": arch(args.shape), "batch": args.batch, "seq": args.seq},
             "tokenizer": {"source": tokenizer[0], "kind": tokenizer[1]},
             "settings": {"warmup": args.warmup, "repeats": args.repeats, "compile_backend": args.compile_backend,
-                         "compile_dynamic": args.compile_dynamic == "true", "compile_mode": args.compile_mode,
-                         "selected_methods": list(args.methods),
+                         "compile_dynamic": args.compile_dynamic, "compile_mode": args.compile_mode,
                          "budget_s": args.budget_s, "ratio_target": args.ratio_target,
                          "methods": {m: {**COMMON, **spec} for m, spec in SPECS.items()}},
             # every cell exists from the start: a check stopped by its TIMEOUT still has a complete table
-            "cells": {key(m, p, a, c): dict(NOT_REACHED) for p, a, c in step_groups("off") + step_groups("on")
-                      for m in SPECS},
+            "cells": {key(m, p, a, c): dict(NOT_REACHED) if m in args.methods else dict(NOT_SELECTED)
+                      for p, a, c in step_groups("off") + step_groups("on") for m in SPECS},
             "ratios": {}, "cli": {key(m, p): dict(NOT_REACHED) for m in SPECS for p in PRECISIONS},
             "targets": {}, "runtime_s": 0.0, "complete": False}
 
