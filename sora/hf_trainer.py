@@ -21,18 +21,25 @@ What each line holds that a naive callback gets wrong:
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
 
-from sora.train.optim import build_optimizer
+from sora.diagnostics.null import GateRecipe
+from sora.diagnostics.verdict import diagnose, growth_warning
+from sora.train.optim import LegacyAdamW, SchedulePlan, build_optimizer
 from sora.train.step import optimizer_kind
 from sora.tuners.sora import step as sora_step
 from sora.tuners.sora.config import SoraConfig
 from sora.tuners.sora.export import export_pruned_adapter
 from sora.tuners.sora.model import gate_parameters, sora_ranks
 from sora.tuners.targets import matrix_type
+
+logger = logging.getLogger("sora")
+DIAGNOSTICS_FILE = "sora_diagnostics.json"  # under the Trainer's output_dir: the gates beside their null model
 
 
 def sora_optimizer(model, args, config: SoraConfig | None = None, kind: str = "auto") -> torch.optim.Optimizer:
@@ -45,10 +52,13 @@ def sora_optimizer(model, args, config: SoraConfig | None = None, kind: str = "a
 
 
 class SoraCallback(TrainerCallback):
-    def __init__(self, model, config: SoraConfig | None = None, export_dir: str | None = "sora_pruned"):
+    def __init__(self, model, config: SoraConfig | None = None, export_dir: str | None = "sora_pruned",
+                 diagnostics_file: str | None = DIAGNOSTICS_FILE):
         self.model, self.config = model, config or model.sora_config
         self.gates = gate_parameters(model)
         self.export_dir = export_dir
+        self.diagnostics_file = diagnostics_file
+        self.gate_trace = GateTrace(self.gates)
 
     @classmethod
     def attach(cls, trainer, **kwargs) -> SoraCallback:
@@ -80,15 +90,27 @@ class SoraCallback(TrainerCallback):
 
         trainer.compute_loss = compute_loss
 
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        self.gate_trace.begin(state.global_step)
+        warning = growth_warning(self.config.variant, self.config.xi, self.config.gate_lr or args.learning_rate)
+        if warning:
+            logger.warning("SoRA: %s", warning)
+
     def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         if optimizer is None or getattr(optimizer, "step_was_skipped", False):
             return
-        sora_step.prox_(self.gates, self.config, sora_step.gate_lr(optimizer))
+        lr = sora_step.gate_lr(optimizer)
+        sora_step.prox_(self.gates, self.config, lr)
+        self.gate_trace.step(lr, optimizer)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.gate_trace.snapshot(state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is None or not any(k in logs for k in ("loss", "learning_rate")):
             return
         ranks = rank_logs(sora_ranks(self.model))
+        self.gate_trace.count(state.global_step, ranks["sora/total_rank"])
         logs.update(ranks)
         if state.log_history:
             state.log_history[-1].update(ranks)  # the Trainer appended its copy before calling on_log
@@ -97,6 +119,57 @@ class SoraCallback(TrainerCallback):
         if self.export_dir and state.is_world_process_zero:
             export_pruned_adapter(self.model, Path(args.output_dir) / self.export_dir,
                                   getattr(self.model.peft_config["default"], "base_model_name_or_path", None))
+        if self.diagnostics_file and state.is_world_process_zero:
+            self.gate_trace.snapshot(state.global_step)
+            diag = self.gate_trace.diagnose(self.config)
+            if diag is not None:
+                path = Path(args.output_dir) / self.diagnostics_file
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(diag, indent=1) + "\n")
+                logger.info("SoRA gates: %s (%s)", diag["verdict"], path)
+
+
+class GateTrace:
+    """What the gate diagnostics need from a Trainer run: the gates at step 0 and at every evaluation, the kept
+    count at every log, and the gate lr of every optimizer step (the null model replays exactly that schedule).
+    A run resumed from a Trainer checkpoint lacks its start, so it gets no diagnostics (said in the log)."""
+
+    def __init__(self, gates):
+        self.gates, self.lrs, self.counts, self.values = gates, [], {}, {}
+        self.start, self.optimizer = None, None
+
+    def _flat(self) -> torch.Tensor:
+        return torch.cat([g.detach().reshape(-1) for g in self.gates]).float().cpu()
+
+    def begin(self, step: int) -> None:
+        self.start = step
+        if step == 0:
+            self.values[0] = self._flat()
+
+    def step(self, lr: float, optimizer) -> None:
+        self.lrs.append(lr)
+        self.optimizer = optimizer
+
+    def count(self, step: int, kept: int) -> None:
+        self.counts[step] = kept
+
+    def snapshot(self, step: int) -> None:
+        if step > 0:
+            self.values[step] = self._flat()
+            self.counts[step] = int((self.values[step] != 0).sum())
+
+    def diagnose(self, config: SoraConfig) -> dict | None:
+        if self.start != 0 or not self.lrs or self.optimizer is None:
+            logger.info("SoRA gates: no diagnostics (the run was resumed, or took no step)")
+            return None
+        group = next(g for g in self.optimizer.param_groups if g.get("name") == sora_step.GATE_GROUP)
+        kind = "adamw_hf_legacy" if isinstance(self.optimizer, LegacyAdamW) else "adamw"
+        n = len(self.lrs)
+        recipe = GateRecipe(config=config, optimizer=kind, lr=max(self.lrs), adam_betas=tuple(group["betas"]),
+                            adam_eps=group["eps"], plan=SchedulePlan(n, 0, 0), steps=n,
+                            n_gates=sum(g.numel() for g in self.gates))
+        observed = sorted((s, k) for s, k in self.counts.items() if 0 < s <= n)
+        return diagnose(recipe, observed, self.values[0], self.values, max(self.values), lrs=self.lrs)
 
 
 def rank_logs(ranks: dict[str, int]) -> dict[str, int]:

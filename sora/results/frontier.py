@@ -16,11 +16,12 @@ import numpy as np
 import pandas as pd
 
 from sora.data.tasks import TASKS
+from sora.diagnostics.verdict import NULL
 from sora.results.load import Records
 from sora.results.tables import _table_runs, per_run_scores
 
 COLUMNS = ["task", "method", "label", "params", "params_std", "head_params", "score", "score_std", "n", "failed",
-           "diverged", "seeds", "commits", "pareto", "dominated_by"]
+           "diverged", "seeds", "commits", "gate_null", "gates_cannot_grow", "pareto", "dominated_by"]
 
 
 def _dominators(p: np.ndarray, s: np.ndarray, i: int) -> np.ndarray:
@@ -52,6 +53,25 @@ def _commits(records: Records, run_ids) -> str:
     return " ".join(sorted({(records.raw[r].get("git") or {}).get("commit", "?")[:8] for r in run_ids}))
 
 
+def _gate_flags(g: pd.DataFrame) -> dict:
+    """SoRA points: how many seeds' pruning the null model (no task gradient) explains, e.g. "3/3" (see
+    ``sora.diagnostics.verdict.RULE``), and whether the recipe left the gates no room to grow."""
+    verdicts = g["gate_verdict"].dropna() if "gate_verdict" in g else pd.Series(dtype=object)
+    if verdicts.empty:
+        return {"gate_null": "", "gates_cannot_grow": False}
+    flagged = int((verdicts == NULL).sum())
+    return {"gate_null": f"{flagged}/{len(verdicts)}",
+            "gates_cannot_grow": bool(g["gate_warning"].notna().any()) if "gate_warning" in g else False}
+
+
+def null_dominated(gate_null: str) -> bool:
+    """A point whose pruning is indistinguishable from the null in most of its seeds."""
+    if not gate_null:
+        return False
+    k, n = map(int, gate_null.split("/"))
+    return n > 0 and 2 * k > n
+
+
 def frontier_frame(records: Records, task: str) -> pd.DataFrame:
     df = per_run_scores(records)
     df = df[df.task == task] if len(df) else df
@@ -68,7 +88,8 @@ def frontier_frame(records: Records, task: str) -> pd.DataFrame:
                      "failed": int(((failed.label == label) & (failed.task == task)).sum()) + len(g) - len(ok)
                      - int(g["diverged"].sum()),
                      "diverged": " ".join(map(str, sorted(g[g["diverged"]]["seed"]))),
-                     "seeds": " ".join(map(str, sorted(g["seed"]))), "commits": _commits(records, g["run_id"])})
+                     "seeds": " ".join(map(str, sorted(g["seed"]))), "commits": _commits(records, g["run_id"]),
+                     **_gate_flags(g)})
     out = pd.DataFrame(rows, columns=COLUMNS[:-2])
     out["pareto"] = pareto_mask(out["params"], out["score"]) if len(out) else []
     out["dominated_by"] = dominated_by(out["params"], out["score"], out["label"]) if len(out) else []
@@ -106,9 +127,12 @@ def plot_frontier(frame: pd.DataFrame, task: str, out_dir: str | Path) -> list[P
         for r in g[g["diverged"] != ""].itertuples():  # diverged seeds are left out of the mean, and said so
             ax.annotate(f"seed {r.diverged} diverged", (x[r.Index], r.score), fontsize=7,
                         textcoords="offset points", xytext=(4, -10), color=color)
+        null = g[g["gate_null"].map(null_dominated)] if "gate_null" in g else g.iloc[:0]
+        ax.scatter(x[null.index], null["score"], s=60, marker="x", color="black", zorder=6)
         star = g[g["pareto"]]
         ax.scatter(x[star.index], star["score"], s=160, facecolors="none", edgecolors="black", zorder=5)
     ax.scatter([], [], s=160, facecolors="none", edgecolors="black", label="Pareto-optimal")
+    ax.scatter([], [], s=60, marker="x", color="black", label="pruning ≈ gate null model (no data)")
     ax.set_xscale("log")
     ax.set_xlabel("retained adapter parameters (log scale; head excluded)")
     metric = metric_name(task)
@@ -136,13 +160,19 @@ def render_frontier_markdown(frame: pd.DataFrame, task: str) -> str:
     metric = metric_name(task)
     lines = [f"# {task}: {metric} x100 vs retained adapter parameters", "",
              f"| configuration | seeds | {metric} (mean ± std) | retained params | Pareto | dominated by | failed "
-             "| diverged seeds |", "|---|---|---|---|---|---|---|---|"]
+             "| diverged seeds | pruning ≈ null (seeds) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in frame.itertuples():
         score = "—" if r.score != r.score else f"{r.score:.2f}" + (f" ± {r.score_std:.2f}" if r.n > 1 else "")
         params = "—" if r.params != r.params else f"{r.params:,.0f}" + (f" ± {r.params_std:,.0f}" if r.params_std
                                                                         else "")
+        null = (f"**{r.gate_null}**" if null_dominated(r.gate_null) else r.gate_null) + (
+            " (gates cannot grow)" if r.gates_cannot_grow else "")
         lines.append(f"| {r.label} | {r.seeds} | {score} | {params} | {'yes' if r.pareto else ''} | "
-                     f"{r.dominated_by} | {r.failed or ''} | {r.diverged} |")
+                     f"{r.dominated_by} | {r.failed or ''} | {r.diverged} | {null} |")
     lines += ["", "Diverged seeds (no better than a constant prediction + 1 point) and failed runs are not in the "
-              "mean. The head (classifier + pooler) is trained by every method and not counted."]
+              "mean. The head (classifier + pooler) is trained by every method and not counted.", "",
+              "`pruning ≈ null`: seeds whose kept ranks the gates' null model (same init, lr schedule, optimizer, L1 "
+              "term and prox, no task gradient) predicts, by the rule in `sora.diagnostics.verdict.RULE`; in bold "
+              "when most seeds are: such a point measures SoRA's schedule, not an allocation learned from data. "
+              "\"gates cannot grow\": ξ ≥ the peak gate lr."]
     return "\n".join(lines) + "\n"

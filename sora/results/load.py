@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sora.diagnostics.verdict import record_diagnostics
 from sora.errors import UserError
 from sora.records import CorruptRecord, current_identity, drop_launch_keys, read_record
 from sora.tuners.targets import matrix_type
@@ -169,11 +170,23 @@ def _row(rec: dict, label: str, key: str) -> dict:
            "expected_seeds": " ".join(map(str, sweep["seeds"])) if sweep.get("seeds") else "",
            "main_metric": rec["best"]["main_metric"], "main": _num(rec["best"]["main"]),
            "best_step": rec["best"]["step"], "wall_time_s": rec["wall_time_s"],
-           **{f"params.{k}": v for k, v in (rec["params"] or {}).items()}}
+           **{f"params.{k}": v for k, v in (rec["params"] or {}).items()}, **_gate_columns(rec)}
     for split, metrics in rec["best"]["metrics"].items():
         for name, value in metrics.items():
             row[f"{split}.{name}"] = _num(value)
     return row
+
+
+def _gate_columns(rec: dict) -> dict:
+    """SoRA's gate diagnostics (stored, or recomputed from the record for runs made before they existed):
+    ``gate_verdict`` (data-dependent / indistinguishable from the null / no pruning) and ``gate_warning``."""
+    try:
+        diag = rec.get("gate_diagnostics") or record_diagnostics(rec)
+    except (KeyError, TypeError):  # a record too old to say what its gates saw
+        return {"gate_verdict": "unknown (record lacks the recipe)", "gate_warning": None}
+    if diag is None:
+        return {"gate_verdict": None, "gate_warning": None}
+    return {"gate_verdict": diag["verdict"], "gate_warning": "; ".join(diag["warnings"]) or None}
 
 
 def _refuse_duplicates(entries: list[dict]) -> None:

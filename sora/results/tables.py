@@ -10,6 +10,7 @@ import pandas as pd
 from scipy.stats import ttest_ind, ttest_rel, wilcoxon
 
 from sora.data.tasks import TASKS
+from sora.diagnostics.verdict import NULL
 from sora.results.load import Records
 
 TASK_ORDER = ["mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb"]
@@ -76,6 +77,7 @@ def table1(records: Records, paper_csv: str | Path | None = PAPER_CSV, expected_
             present = set(g["seed"]) | set(bad["seed"])
             missing = sorted(set(seeds_all) - present) if present else []
             row[f"{task}.missing_seeds"] = " ".join(map(str, missing))
+            row[f"{task}.gate_null"] = _null_count(g)
             if task == "mnli":  # mismatched: this run's second dev set, or the release's separate mnli_mm runs
                 mm = g["mm"].dropna().to_numpy()
                 if not len(mm):
@@ -92,6 +94,14 @@ def table1(records: Records, paper_csv: str | Path | None = PAPER_CSV, expected_
         row["wall_time_s"] = group["wall_time_s"].mean()
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _null_count(g: pd.DataFrame) -> str:
+    """"k/n": SoRA seeds whose pruning the gates' null model explains (``sora.diagnostics.verdict``); "" else."""
+    if "gate_verdict" not in g or g["gate_verdict"].dropna().empty:
+        return ""
+    v = g["gate_verdict"].dropna()
+    return f"{int((v == NULL).sum())}/{len(v)}"
 
 
 def _paper_value(paper, key, col) -> float:
@@ -155,9 +165,10 @@ def cost_table(records: Records) -> pd.DataFrame:
     return agg
 
 
-def _cell(mean, std, n, missing, paper, delta, mm=None, p_marker="", failed=0, diverged=0) -> str:
+def _cell(mean, std, n, missing, paper, delta, mm=None, p_marker="", failed=0, diverged=0, gate_null="") -> str:
+    flagged = bool(gate_null) and not gate_null.startswith("0/")
     notes = ((f", {failed} failed" if failed else "") + (f", {diverged} diverged" if diverged else "")
-             + (f", missing seed {missing}" if missing else ""))
+             + (f", missing seed {missing}" if missing else "") + (f", pruning ≈ null {gate_null}" if flagged else ""))
     if n == 0 or mean != mean:
         ours = f"— ({notes.lstrip(', ')})" if notes else "—"
     else:
@@ -196,7 +207,8 @@ def render_table1_markdown(t1: pd.DataFrame, sig: pd.DataFrame | None = None, ta
                     marker = " *"
             cells.append(_cell(r[f"{t}.mean"], r[f"{t}.std"], r[f"{t}.n"], r[f"{t}.missing_seeds"],
                                r[f"{t}.paper"], r[f"{t}.delta"], r.get("mnli.mm_mean") if t == "mnli" else None,
-                               marker, r.get(f"{t}.failed", 0), r.get(f"{t}.diverged", 0)))
+                               marker, r.get(f"{t}.failed", 0), r.get(f"{t}.diverged", 0),
+                               r.get(f"{t}.gate_null") or ""))
         cells.append(_cell(r["avg"], np.nan, 1, "", r["avg.paper"], r["avg"] - r["avg.paper"]).replace(" (n=1)", ""))
         cells.append(f"{r['params.retained'] / 1e6:.3f}M" if r["params.retained"] == r["params.retained"] else "—")
         cells.append(f"{r['wall_time_s']:.0f}")
@@ -208,7 +220,9 @@ def render_table1_markdown(t1: pd.DataFrame, sig: pd.DataFrame | None = None, ta
                  "Welch's where the seed sets differ; see significance.csv with Wilcoxon); — = no finished run; "
                  "failed runs, diverged runs (no better than a constant prediction + 1 point) and missing seeds are "
                  "named in the cell, never averaged in. A row is one "
-                 "configuration: [key=value] names what differs between rows of one method.")
+                 "configuration: [key=value] names what differs between rows of one method. `pruning ≈ null k/n`: "
+                 "k of n SoRA seeds pruned as the gates' null model (no task gradient) predicts "
+                 "(sora.diagnostics.verdict.RULE): their ranks were removed on a timetable, not by the data.")
     return "\n".join(lines) + "\n"
 
 

@@ -159,8 +159,14 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path, tracker, fingerp
     method = build_method(base, cfg.method, setup.total_steps, **extra)
     model = method.model.to(device)
     hidden = model.base_model.model.config.hidden_size
+    for warning in method.config_warnings(cfg):
+        log.warning("%s", warning)
+        print(f"[sora] {rid}: warning: {warning}", flush=True)
 
-    state = {"step": 0, "stage": 0, "evals": [], "best": None, "best_weights": None, "elapsed": 0.0, "curve_raw": []}
+    state = {"step": 0, "stage": 0, "evals": [], "best": None, "best_weights": None, "elapsed": 0.0, "curve_raw": [],
+             "trace": []}
+    if (values := method.trace_point()) is not None:  # the init, before any step (SoRA: the gates)
+        state["trace"].append({"step": 0, "values": values})
     payload = read_checkpoint(run_dir / "checkpoint", rid)
     write_progress(run_dir, payload["state"]["step"] if payload else 0, setup.plan[-1].end)
     stage_now = setup.plan[payload["state"].get("stage", 0)] if payload else setup.plan[0]
@@ -327,6 +333,8 @@ class _Training:
         state, select_key = self.state, self.task.select_metric
         point = self._point(stage, lrs)
         state["evals"].append(point)
+        if stage.index == 0 and (values := self.method.trace_point()) is not None:
+            state.setdefault("trace", []).append({"step": self.step, "values": values})
         _append_jsonl(self.run_dir / "metrics.jsonl", point)
         write_progress(self.run_dir, self.step, self.setup.plan[-1].end, select_key, point["select"][select_key])
         value = point["select"][select_key]
@@ -396,6 +404,7 @@ def _finish(cfg, task, rid, fingerprint, run_dir, record_path, setup, method, mo
                      n_warmup=setup.schedule.warmup, formulas=formulas(cfg, method, setup),
                      data={"fingerprint": fingerprint, "rows": {name: len(d) for name, d in setup.data.items()}},
                      runtime=runtime(cfg, device), **extra)
+    method.annotate_record(record, state.get("trace", []))
     write_record(record_path, record)
     shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)  # finished: only the record and adapter are kept
     if tracker.active:

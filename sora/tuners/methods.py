@@ -14,6 +14,7 @@ import torch
 from peft import AdaLoraConfig, LoraConfig, get_peft_model
 from peft.tuners.lora.layer import LoraLayer
 
+from sora.diagnostics.verdict import growth_warning, record_diagnostics
 from sora.errors import UserError
 from sora.train.optim import decay_groups
 from sora.tuners.heads import apply_head_policy, head_modules_to_save
@@ -23,6 +24,7 @@ from sora.tuners.sora.export import export_pruned_adapter
 from sora.tuners.sora.layer import GATE_ATTR
 from sora.tuners.sora.model import (
     gate_parameters,
+    gated_modules,
     get_sora_model,
     infer_task_type,
     lora_linears,
@@ -83,6 +85,17 @@ class Method:
         """Evaluate the model as it would be exported (AdaLoRA: under its budget mask)."""
         return contextlib.nullcontext()
 
+    def config_warnings(self, cfg) -> list[str]:
+        """Recipe problems worth a warning before training (the record's diagnostics repeat them)."""
+        return []
+
+    def trace_point(self) -> list[float] | None:
+        """Compact values kept at init and at every evaluation, so a diagnostic can be recomputed later."""
+        return None
+
+    def annotate_record(self, record: dict, trace: list[dict]) -> None:
+        """What the method adds to its finished record (SoRA: its gate trace and the gate diagnostics)."""
+
 
 class SoraMethod(Method):
     name = "sora"
@@ -107,6 +120,22 @@ class SoraMethod(Method):
 
     def export(self, out_dir, base_model_name_or_path):
         export_pruned_adapter(self.model, out_dir, base_model_name_or_path)
+
+    def config_warnings(self, cfg):
+        warning = growth_warning(self.config.variant, self.config.xi, self.config.gate_lr or cfg.train.lr)
+        return [warning] if warning else []
+
+    def trace_point(self):
+        """Every gate entry, module after module, to 4 significant digits (exact zeros stay 0)."""
+        flat = torch.cat([g.detach().reshape(-1) for g in self.gates]).float().tolist()
+        return [float(f"{v:.4g}") for v in flat]
+
+    def annotate_record(self, record, trace):
+        """``gates``: init + values at each evaluation; ``gate_diagnostics``: the run beside its null model."""
+        init = next((t["values"] for t in trace if t["step"] == 0), None)
+        record["gates"] = {"modules": [n for n, _ in gated_modules(self.model)], "r_max": self.config.r_max,
+                           "init": init, "trace": [t for t in trace if t["step"] > 0]}
+        record["gate_diagnostics"] = record_diagnostics(record)
 
 
 def _head(cfg) -> str:

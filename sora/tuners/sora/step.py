@@ -27,13 +27,18 @@ def param_groups(model, config: SoraConfig, lr: float, weight_decay: float, eps:
     gates = gate_parameters(model) if gates is None else gates
     gate_ids = {id(g) for g in gates}
     others = decay_groups((p for p in model.parameters() if id(p) not in gate_ids), lr, weight_decay, eps)
+    return [*others, gate_group(gates, config, lr, eps)]
+
+
+def gate_group(gates: list[torch.Tensor], config: SoraConfig, lr: float, eps: float = 1e-8) -> dict:
+    """The gates' own param group (also what the gate null model, ``sora.diagnostics.null``, optimizes)."""
     gate = {"params": gates, "weight_decay": 0.0, "lr": config.gate_lr or lr, "eps": eps, "name": GATE_GROUP}
     if config.variant == "code":
         # the released gates have their own SparseAdamW(params, lr) (run_glue.py:618): transformers 4.x AdamW
         # defaults eps 1e-6, betas (0.9, 0.999), no decay. AdamW is elementwise, so a param group with those
         # settings (and its own warmup, optim.schedule_plan) is the same update inside one optimizer
         gate.update(eps=1e-6, betas=(0.9, 0.999))
-    return [*others, gate]
+    return gate
 
 
 def l1_loss(gates: list[torch.Tensor], config: SoraConfig) -> torch.Tensor | None:
