@@ -59,6 +59,13 @@ frontier: $(VENV)/.installed ## accuracy vs retained params: SoRA xi grid, LoRA 
 	$(PY) scripts/aggregate.py --results $$($(PY) -c "from sora.config import load_config as l; print(l(['experiment=$(FRONTIER)']).results_dir)") --tasks $(TASK) --pool-code
 
 EXPERIMENT ?= paper_table1
+XI ?=
+SEEDS ?= 0,1,2
+controls: $(VENV)/.installed ## allocation controls at SoRA's budget: SoRA, xi=0, LoRA on its / a random pattern, uniform LoRA (TASK=mrpc EXPERIMENT=frontier_minilm XI=4e-3)
+	@test -n "$(XI)" || { echo "error: XI=<the SoRA xi whose budget is tested> is required, e.g. make controls TASK=mrpc EXPERIMENT=frontier_minilm XI=4e-3" >&2; exit 2; }
+	$(PY) scripts/controls.py --experiment $(EXPERIMENT) --task $(TASK) --xi $(XI) --seeds $(SEEDS) $(if $(DATA),data.dir=$(DATA),) $(ARGS)
+	$(PY) scripts/aggregate.py --results $$($(PY) scripts/controls.py --experiment $(EXPERIMENT) --task $(TASK) --xi $(XI) --print-results-dir $(if $(DATA),data.dir=$(DATA),) $(ARGS)) --tasks $(TASK) --seeds $$(echo $(SEEDS) | tr , ' ') --pool-code
+
 RATE ?= --bench results/bench/step_time.json
 estimate: $(VENV)/.installed ## a sweep's tokens (ours vs static padding) and hours, before running it (EXPERIMENT=paper_table1 DATA=../shared/glue RATE="--tokens-per-s N" ARGS="model.tokenizer=../shared/deberta-v3-base")
 	$(PY) scripts/estimate_cost.py experiment=$(EXPERIMENT) $(if $(DATA),data.dir=$(DATA),) $(ARGS) $(RATE) --out results/bench/estimate_$(EXPERIMENT)
@@ -96,4 +103,4 @@ slurm-selftest: $(VENV)/.installed ## start a real one-node Slurm (root) and run
 notebooks: $(VENV)/.installed ## open the results notebooks (RESULTS_DIR in their first cell)
 	$(VENV)/bin/jupyter lab notebooks/
 
-.PHONY: help install demo test lint train smoke reproduce controlled frontier estimate gpu-check sft-demo status tables notebooks bench minilm-table slurm-selftest
+.PHONY: help install demo test lint train smoke reproduce controlled frontier controls estimate gpu-check sft-demo status tables notebooks bench minilm-table slurm-selftest

@@ -28,7 +28,8 @@ SCHEMA_VERSION = 1
 LAUNCH_ONLY_KEYS = ("results_dir", "logger", "progress", "train.save_steps", "train.save_minutes", "train.log_steps",
                     "data.cache_dir", "hydra")
 # options added after records existed, dropped from the identity at their default so older run ids stay valid
-NEUTRAL_DEFAULTS = {"train.attention": "eager", "train.compile": False}
+NEUTRAL_DEFAULTS = {"train.attention": "eager", "train.compile": False, "method.pattern_xi": None,
+                    "method.pattern_seed": None}
 
 
 def identity(cfg, data_fingerprint: str | None = None) -> dict:
