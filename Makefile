@@ -66,6 +66,20 @@ controls: $(VENV)/.installed ## allocation controls at SoRA's budget: SoRA, xi=0
 	$(PY) scripts/controls.py --experiment $(EXPERIMENT) --task $(TASK) --xi $(XI) --seeds $(SEEDS) $(if $(DATA),data.dir=$(DATA),) $(ARGS)
 	$(PY) scripts/aggregate.py --results $$($(PY) scripts/controls.py --experiment $(EXPERIMENT) --task $(TASK) --xi $(XI) --print-results-dir $(if $(DATA),data.dir=$(DATA),) $(ARGS)) --tasks $(TASK) --seeds $$(echo $(SEEDS) | tr , ' ') --pool-code
 
+VERDICT_XIS ?= 1e-4 3e-4
+VERDICT_SEEDS ?= 0,1,2,3,4
+verdict: $(VENV)/.installed ## issue 25's verdict (MiniLM STS-B, results/minilm_verdict): SoRA at VERDICT_XIS with arms (a)-(d), LoRA r 1-8, the sparsifying scheduler, tables
+	for xi in $(VERDICT_XIS); do $(MAKE) --no-print-directory verdict-arms XI=$$xi || exit $$?; done
+	$(MAKE) --no-print-directory verdict-rest
+
+verdict-arms: $(VENV)/.installed ## one budget of the verdict: SoRA xi=XI x VERDICT_SEEDS and its four control arms (run two budgets at once: one per core)
+	$(PY) scripts/controls.py --experiment verdict_stsb --task stsb --xi $(XI) --seeds $(VERDICT_SEEDS) $(ARGS)
+
+verdict-rest: $(VENV)/.installed ## the verdict's LoRA ranks (seeds 0-2; 3-4 where an arm needs them) and the scheduler curve, then the tables
+	$(PY) scripts/train.py -m experiment=verdict_stsb method=lora method.r=1,2,4,8 seed=0,1,2 $(ARGS)
+	$(PY) scripts/train.py -m experiment=verdict_stsb method=sora scheduler=sparsify $(VERDICT_SPARSIFY) seed=0,1,2 $(ARGS)
+	$(PY) scripts/aggregate.py --results results/minilm_verdict --tasks stsb --pool-code
+
 RATE ?= --bench results/bench/step_time.json
 estimate: $(VENV)/.installed ## a sweep's tokens (ours vs static padding) and hours, before running it (EXPERIMENT=paper_table1 DATA=../shared/glue RATE="--tokens-per-s N" ARGS="model.tokenizer=../shared/deberta-v3-base")
 	$(PY) scripts/estimate_cost.py experiment=$(EXPERIMENT) $(if $(DATA),data.dir=$(DATA),) $(ARGS) $(RATE) --out results/bench/estimate_$(EXPERIMENT)
@@ -103,4 +117,4 @@ slurm-selftest: $(VENV)/.installed ## start a real one-node Slurm (root) and run
 notebooks: $(VENV)/.installed ## open the results notebooks (RESULTS_DIR in their first cell)
 	$(VENV)/bin/jupyter lab notebooks/
 
-.PHONY: help install demo test lint train smoke reproduce controlled frontier controls estimate gpu-check sft-demo status tables notebooks bench minilm-table slurm-selftest
+.PHONY: help install demo test lint train smoke reproduce controlled verdict verdict-arms verdict-rest frontier controls estimate gpu-check sft-demo status tables notebooks bench minilm-table slurm-selftest

@@ -50,4 +50,4 @@ def test_the_controls_run_and_get_their_own_rows(tmp_path):
     assert lora["params"]["total_rank"] == 96
     labels = set(table1(load_records(tmp_path))["method"])
     assert {"SoRA (r_max=8, code) · tiny [method.xi=0]", "SoRA (r_max=8, code) · tiny [method.xi=0.3]"} <= labels
-    assert any("rank_pattern_from=sora" in lab for lab in labels) and len(labels) == 4
+    assert "LoRA (sora pattern) · tiny" in labels and len(labels) == 4

@@ -117,6 +117,9 @@ def method_label(rec: dict) -> str:
     m = rec["config"]["method"]
     if rec["method"] == "sora":
         return f"SoRA (r_max={m['r_max']}, {m['variant']})"
+    if rec["method"] == "lora" and m.get("rank_pattern_from"):  # a control: its ranks come from a SoRA run
+        xi = f" xi={m['pattern_xi']}" if m.get("pattern_xi") is not None else ""
+        return f"LoRA ({m['rank_pattern_from']} pattern{xi})"
     if rec["method"] == "lora":
         return f"LoRA (r={m['r']}{', qv' if m.get('targets') == 'qv' else ''})"
     return f"AdaLoRA ({m['init_r']}->{m['target_r']})"
