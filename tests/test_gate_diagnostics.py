@@ -186,3 +186,4 @@ def test_a_stock_trainer_with_no_task_gradient_is_exactly_its_null_model(tmp_pat
     assert diag["init"] == "stored" and diag["null_set_agreement"] == 1.0
     assert all(e["observed"] == e["null"] for e in diag["evals"]) and diag["evals"][-1]["observed"] < 48
     assert diag["verdict"] == NULL
+

@@ -112,6 +112,8 @@ def test_sft_run_writes_a_record_skips_when_done_and_learns(method, lm, extra, t
     if method == "sora":
         assert "sora/total_rank" in json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
         assert record["total_rank"] < 8 * 14  # xi 5e-3 (code: tau = xi) (code: |g| < 2 xi -> 0) pruned randn gates
+        diag = record["gate_diagnostics"]  # SoraCallback's gates beside their null model, kept in the record
+        assert diag["init"] == "stored" and diag["evals"][-1]["observed"] == record["total_rank"]
     if method == "adalora":
         assert record["total_rank"] == 2 * 14  # the budget: target_r on average over the 14 matrices
     if method == "lora":

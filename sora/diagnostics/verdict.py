@@ -108,7 +108,8 @@ def record_diagnostics(record: dict) -> dict | None:
 def recipe_from_record(record: dict) -> GateRecipe:
     cfg, formulas = record["config"], record.get("formulas") or {}
     m, t = cfg["method"], cfg["train"]
-    config = SoraConfig(r_max=m["r_max"], lora_alpha=m["lora_alpha"], xi=m["xi"], variant=m["variant"],
+    xi = (record.get("scheduler") or {}).get("xis", [m["xi"]])[0]  # the scheduler's dense phase runs at its xi0
+    config = SoraConfig(r_max=m["r_max"], lora_alpha=m["lora_alpha"], xi=xi, variant=m["variant"],
                         gate_init=m.get("gate_init"), l1_coef=m.get("l1_coef") or 0.0, gate_lr=m.get("gate_lr"),
                         prox=m.get("prox"))
     steps = record["total_steps"]

@@ -17,6 +17,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from sora.errors import UserError
+from sora.hf_trainer import DIAGNOSTICS_FILE
 from sora.models import load_tokenizer
 from sora.records import (
     RunLock,
@@ -134,6 +135,9 @@ def _train(cfg, rid: str, run_dir: Path, data_fingerprint: str) -> dict:
     params = count_params(method, method.model.base_model.model.config.hidden_size)
     record = _record(cfg, rid, data, data_fingerprint, before, after, ranks, grid, trainer, time.time() - t0)
     record["params"] = {"retained_adapter": params["retained"], "trainable": params["trainable"]}
+    diagnostics = Path(args.output_dir) / DIAGNOSTICS_FILE  # SoRA: SoraCallback's gates-vs-null verdict
+    if diagnostics.exists():
+        record["gate_diagnostics"] = json.loads(diagnostics.read_text())
     write_record(run_dir / "record.json", record)
     shutil.rmtree(run_dir / "trainer", ignore_errors=True)  # resume checkpoints: not needed once finished
     return read_record(run_dir / "record.json")

@@ -148,6 +148,9 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path, tracker, fingerp
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     autocast = autocast_factory(cfg.train.precision, device)
     log.info("run %s on %s, precision %s", rid, device, cfg.train.precision)
+    if (why := slow_bf16(cfg.train.precision, device)) is not None:
+        log.warning("%s", why)
+        print(f"[sora] {rid}: warning: {why}", flush=True)
 
     setup = _prepare(cfg, task)
     extra = {}
@@ -558,6 +561,22 @@ def autocast_factory(precision: str, device: torch.device):
     if precision == "bf16":
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     raise UserError(f"train.precision must be fp32 or bf16, got {precision!r}")
+
+
+def slow_bf16(precision: str, device: torch.device, cpuinfo: str | None = None) -> str | None:
+    """bf16 autocast on a CPU without native bf16 (AVX512-BF16 or AMX) is emulated: measured 15x slower than fp32
+    per MiniLM step on an AMD EPYC without AVX-512 (results/minilm_verdict/PILOT.md), 1.35x faster with it."""
+    if precision != "bf16" or device.type != "cpu":
+        return None
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    if any(flag in cpuinfo for flag in ("avx512_bf16", "amx_bf16")):
+        return None
+    return ("train.precision=bf16 on a CPU without native bf16 (no avx512_bf16 / amx_bf16 in /proc/cpuinfo): autocast "
+            "is emulated and can be ~15x slower than fp32 here; train.precision=fp32 is faster on this machine")
 
 
 def _seed_everything(seed: int) -> None:
