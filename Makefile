@@ -68,6 +68,7 @@ controls: $(VENV)/.installed ## allocation controls at SoRA's budget: SoRA, xi=0
 
 VERDICT_XIS ?= 1e-4 3e-4
 VERDICT_SEEDS ?= 0,1,2,3,4
+VERDICT_SPARSIFY ?= scheduler.mode=retrain scheduler.xi0=0 scheduler.xi_max=6e-4 scheduler.n_stages=5 scheduler.stage_epochs=1
 verdict: $(VENV)/.installed ## issue 25's verdict (MiniLM STS-B, results/minilm_verdict): SoRA at VERDICT_XIS with arms (a)-(d), LoRA r 1-8, the sparsifying scheduler, tables
 	for xi in $(VERDICT_XIS); do $(MAKE) --no-print-directory verdict-arms XI=$$xi || exit $$?; done
 	$(MAKE) --no-print-directory verdict-rest
@@ -75,8 +76,8 @@ verdict: $(VENV)/.installed ## issue 25's verdict (MiniLM STS-B, results/minilm_
 verdict-arms: $(VENV)/.installed ## one budget of the verdict: SoRA xi=XI x VERDICT_SEEDS and its four control arms (run two budgets at once: one per core)
 	$(PY) scripts/controls.py --experiment verdict_stsb --task stsb --xi $(XI) --seeds $(VERDICT_SEEDS) $(ARGS)
 
-verdict-rest: $(VENV)/.installed ## the verdict's LoRA ranks (seeds 0-2; 3-4 where an arm needs them) and the scheduler curve, then the tables
-	$(PY) scripts/train.py -m experiment=verdict_stsb method=lora method.r=1,2,4,8 seed=0,1,2 $(ARGS)
+verdict-rest: $(VENV)/.installed ## the verdict's LoRA ranks 1-8 and the sparsifying scheduler (retrain stages), then the tables
+	$(PY) scripts/train.py -m experiment=verdict_stsb method=lora method.r=1,2,4,8 seed=$(VERDICT_SEEDS) $(ARGS)
 	$(PY) scripts/train.py -m experiment=verdict_stsb method=sora scheduler=sparsify $(VERDICT_SPARSIFY) seed=0,1,2 $(ARGS)
 	$(PY) scripts/aggregate.py --results results/minilm_verdict --tasks stsb --pool-code
 

@@ -55,7 +55,7 @@ RECIPES = {
                  "eval_steps": 0, "optimizer": "trainer_default", "protocol": "best_on_dev", "head": "trainable",
                  "sampler": "random", "measures": ("selected",), "match_train": False},
     "verdict": {"results": "minilm_verdict", "lr": 8e-4, "batch": 8, "wd": 0.1, "clip": 0.1, "bf16": False,
-                "eval_steps": 360, "optimizer": "adamw_hf_legacy", "protocol": "sora_split", "head": "frozen",
+                "eval_steps": 360, "optimizer": "adamw_hf_legacy", "protocol": "sora_split", "head": "trainable",
                 "sampler": "group_by_length", "measures": ("selected", "final"), "match_train": True},
 }
 MEASURES = {"selected": "selected checkpoint (best on the selection split), on the report split",

