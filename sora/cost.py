@@ -336,9 +336,9 @@ def estimate(jobs: list[list[str]], cfgs: list, progress=None) -> list[JobCost]:
 
 
 def _check_job(cfg) -> None:
-    from sora.train.loop import validate_config
+    from sora.validate import validate_run_config
 
-    validate_config(cfg)
+    validate_run_config(cfg)
     get_task(cfg.task.name)
 
 

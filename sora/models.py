@@ -68,6 +68,26 @@ def load_model(cfg, num_labels: int, seed: int) -> torch.nn.Module:
         raise UserError(_unreachable(source, exc)) from None
 
 
+def max_positions(cfg) -> int | None:
+    """The most tokens the backbone embeds (absolute position embeddings), read from its config alone; None when
+    it has no absolute limit (DeBERTa-v3: relative positions only) or the config is not local (a hub id: checked by
+    the model load itself, so validation never waits on the network)."""
+    if cfg.get("random_init"):
+        arch = OmegaConf.to_container(cfg.config) if OmegaConf.is_config(cfg.config) else dict(cfg.config)
+        config = DebertaV2Config(**arch)
+    else:
+        source = resolve_source(cfg.source)
+        if not Path(source).is_dir():
+            return None
+        try:
+            config = AutoConfig.from_pretrained(source)
+        except (OSError, ValueError):
+            return None
+    if getattr(config, "position_biased_input", True) is False:
+        return None
+    return getattr(config, "max_position_embeddings", None)
+
+
 def _unreachable(source: str, exc: Exception) -> str:
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(exc).lower() or "connect" in str(exc).lower()
     hint = "the hub is unreachable; " if offline else ""

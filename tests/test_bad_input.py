@@ -55,8 +55,16 @@ CASES = {
     "unknown_experiment": (["experiment=nope"], "unknown experiment 'nope'"),
     "r_max_zero": (["method.r_max=0"], "method.r_max must be a positive integer"),
     "r_max_not_int": (["method.r_max=2.5"], "method.r_max must be a positive integer"),
-    "xi_negative": (["method.xi=-0.1"], "method.xi must be >= 0"),
-    "lr_zero": (["train.lr=0"], "train.lr must be > 0"),
+    "xi_negative": (["method.xi=-0.1"], "method.xi must be a finite number >= 0"),
+    "xi_nan": (["method.xi=nan"], "method.xi must be a finite number >= 0"),
+    "lr_zero": (["train.lr=0"], "train.lr must be a finite number > 0"),
+    "lr_inf": (["train.lr=inf"], "train.lr must be a finite number > 0"),
+    "warmup_negative": (["train.warmup=-0.5"], "train.warmup must be >= 0"),
+    "max_grad_norm_negative": (["train.max_grad_norm=-1"], "train.max_grad_norm must be >= 0 (0 = no clipping)"),
+    "max_len_beyond_positions": (["model=minilm", "data.max_len=100000"], "data.max_len=100000 exceeds the model's 512 positions"),
+    "seed_not_an_integer": (["seed=abc"], "seed must be an integer in [0, 2**32)"),
+    "seed_negative": (["seed=-1"], "seed must be an integer in [0, 2**32)"),
+    "device_unknown": (["device=tpu"], "device must be auto, cpu or cuda[:N]"),
     "batch_size_zero": (["train.batch_size=0"], "train.batch_size must be a positive integer"),
     "variant_unknown": (["method.variant=both"], "method.variant must be one of"),
     "protocol_unknown": (["eval.protocol=test_set"], "eval.protocol must be best_on_dev or sora_split"),
@@ -88,6 +96,23 @@ def test_catalogue(case, tmp_path, capsys):
     code, err = _cli(_base(tmp_path) + extra, tmp_path, capsys)
     _assert_one_line(code, err, match)
     assert _no_record(tmp_path)
+    if case not in WRITES_FIRST:  # refused before anything exists: no run folder, no lock
+        assert not list(Path(tmp_path, "res").glob("records/*")), case
+
+
+# cases only the data or the run's own setup can reveal (the data read, AdaLoRA's schedule against the run's
+# length): refused before any record, but after the run's folder exists
+WRITES_FIRST = {"max_len_too_small", "data_dir_missing", "adalora_tinit_too_late"}
+
+
+def test_cuda_on_a_torch_without_cuda(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this torch has CUDA: device=cuda is valid here")
+    code, err = _cli(_base(tmp_path) + ["device=cuda"], tmp_path, capsys)
+    _assert_one_line(code, err, "device=cuda but this torch sees no CUDA device")
+    assert not list(Path(tmp_path, "res").glob("records/*"))
 
 
 @pytest.mark.parametrize("name,task,split,text,match", [

@@ -49,11 +49,12 @@ from sora.tracking import make_tracker, ranks_by_matrix
 from sora.train.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
 from sora.train.evaluate import evaluate
 from sora.train.interrupt import Interrupts
-from sora.train.optim import OPTIMIZERS, SCHEDULES, group_lrs, schedule_plan
+from sora.train.optim import group_lrs, schedule_plan
 from sora.train.sparsify import Stage, normalise_curve, stage_plan
 from sora.train.step import make_optimizer_and_schedule, optimizer_kind, run_length, run_schedule, train_step
 from sora.tuners.methods import build_method, count_params
 from sora.tuners.rank_source import sora_rank_pattern
+from sora.validate import validate_run_config
 
 log = logging.getLogger("sora")
 MEMORIZATION_ROWS = 1000  # the fixed shuffled train subset the scheduler measures memorization on
@@ -64,19 +65,8 @@ class NonFiniteLoss(Exception):
 
 
 def validate_config(cfg) -> None:
-    t = cfg.train
-    if not t.lr > 0:
-        raise UserError(f"train.lr must be > 0, got {t.lr}; e.g. train.lr=8e-4")
-    if not (isinstance(t.batch_size, int) and t.batch_size > 0):
-        raise UserError(f"train.batch_size must be a positive integer, got {t.batch_size!r}; e.g. train.batch_size=32")
-    if not (t.max_steps == -1 or (isinstance(t.max_steps, int) and t.max_steps > 0)):
-        raise UserError(f"train.max_steps must be -1 (use epochs) or a positive integer, got {t.max_steps!r}")
-    if t.epochs <= 0 and t.max_steps == -1:
-        raise UserError(f"train.epochs must be > 0, got {t.epochs}")
-    if t.get("optimizer", "auto") not in ("auto", *OPTIMIZERS):
-        raise UserError(f"train.optimizer must be one of auto, {', '.join(OPTIMIZERS)}, got {t.optimizer!r}")
-    if t.get("schedule", "standard") not in SCHEDULES:
-        raise UserError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {t.schedule!r}")
+    """Kept for callers of the old name: every value is checked in ``sora.validate``."""
+    validate_run_config(cfg)
 
 
 def train(cfg) -> dict | None:

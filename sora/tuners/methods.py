@@ -31,6 +31,7 @@ from sora.tuners.sora.model import (
     peft_targets,
     sora_ranks,
 )
+from sora.tuners.targets import target_regex
 
 
 class Method:
@@ -303,10 +304,20 @@ METHODS = {"sora": SoraMethod, "lora": LoraMethod, "adalora": AdaLoraMethod}
 
 
 def build_method(base_model, cfg, total_steps: int, **extra) -> Method:
+    check_method_config(cfg)
+    return METHODS[cfg.name](base_model, cfg, total_steps, **extra)
+
+
+def check_method_config(cfg) -> None:
+    """Every value of the ``method`` node, before a model or a run folder exists (SoRA: its SoraConfig)."""
     if cfg.name not in METHODS:
         raise UserError(f"unknown method {cfg.name!r}; valid: {', '.join(METHODS)}")
     validate_method_config(cfg)
-    return METHODS[cfg.name](base_model, cfg, total_steps, **extra)
+    head_modules_to_save(_head(cfg))
+    if isinstance(cfg.get("targets"), str) and cfg.targets != "auto":
+        target_regex(cfg.targets)
+    if cfg.name == "sora":
+        sora_config(cfg)
 
 
 # key -> (check, what it must be, an example); peft's own errors for these are tracebacks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from sora.errors import UserError
@@ -38,8 +39,8 @@ class SoraConfig:
     def __post_init__(self):
         if not isinstance(self.r_max, int) or isinstance(self.r_max, bool) or self.r_max <= 0:
             raise UserError(f"method.r_max must be a positive integer, got {self.r_max!r}; try method.r_max=8")
-        if self.xi < 0:
-            raise UserError(f"method.xi must be >= 0, got {self.xi}; try method.xi=1e-4")
+        if not (isinstance(self.xi, (int, float)) and math.isfinite(self.xi) and self.xi >= 0):
+            raise UserError(f"method.xi must be a finite number >= 0, got {self.xi!r}; try method.xi=1e-4")
         if self.variant not in VARIANTS:
             raise UserError(f"method.variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.gate_init is None:
@@ -50,11 +51,12 @@ class SoraConfig:
             self.prox = "textbook" if self.variant == "paper" else "release"
         if self.prox not in PROXES:
             raise UserError(f"method.prox must be one of {PROXES}, got {self.prox!r}; or leave it null")
-        if self.l1_coef < 0:
-            raise UserError(f"method.l1_coef must be >= 0, got {self.l1_coef}")
+        if not (isinstance(self.l1_coef, (int, float)) and math.isfinite(self.l1_coef) and self.l1_coef >= 0):
+            raise UserError(f"method.l1_coef must be a finite number >= 0, got {self.l1_coef!r}; e.g. 10")
         if self.variant == "paper":
             self.l1_coef = 0.0  # the paper has no extra loss term; the released code's l1_coef is ignored
-        if self.gate_lr is not None and self.gate_lr <= 0:
+        if self.gate_lr is not None and not (isinstance(self.gate_lr, (int, float)) and math.isfinite(self.gate_lr)
+                                             and self.gate_lr > 0):
             raise UserError(f"method.gate_lr must be > 0, got {self.gate_lr}; or leave it null for the main lr")
 
     @property
