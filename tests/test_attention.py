@@ -31,6 +31,10 @@ LOGIT_TOL = 1e-5     # fp32, max |Δ logits|
 GRAD_TOL = 1e-4      # fp32, per trainable tensor: max |Δ grad| / max |grad|
 EFFECT_MIN = 0.1     # the adapters move the logits by at least this (1e4 x LOGIT_TOL)
 CPU = torch.device("cpu")
+# the package is an extra (pip install -e ".[flash]"): without it, the tests that run it skip and say why, while the
+# tests of its absence (a one-line error naming the extra) still run
+needs_flash = pytest.mark.skipif(importlib.util.find_spec("disentangled_flash") is None,
+                                 reason='disentangled-flash not installed: pip install -e ".[flash]"')
 
 
 def tiny_cfg(**arch):
@@ -115,6 +119,7 @@ def adapter_effect(model, inputs, logits) -> float:
     return (logits - plain).abs().max().item()
 
 
+@needs_flash
 @pytest.mark.parametrize("share_att_key", [False, True], ids=["tiny", "share_att_key(v3-base)"])
 @pytest.mark.parametrize("method", METHODS)
 def test_flash_matches_eager_with_adapters_on_all_six(method, share_att_key):
@@ -144,6 +149,7 @@ def test_flash_matches_eager_with_adapters_on_all_six(method, share_att_key):
     assert eval_delta <= LOGIT_TOL
 
 
+@needs_flash
 def test_same_seed_same_adapter_init_as_eager():
     """The swap builds (then overwrites) fresh Linears; drawing them from the run's RNG would change every
     adapter's init, and so the run, against eager with the same seed."""
@@ -155,6 +161,7 @@ def test_same_seed_same_adapter_init_as_eager():
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 
+@needs_flash
 @pytest.mark.parametrize("method", METHODS)
 def test_the_package_alone_drops_qkv_adapters(method):
     """The check above fails on v1.1.1's fused-QKV training path: it reads base q/k/v weights only."""
@@ -187,6 +194,7 @@ def test_missing_package_names_the_extra(monkeypatch):
         set_attention(load_model(tiny_cfg(), 2, seed=0), "disentangled_flash", CPU)
 
 
+@needs_flash
 def test_cuda_without_triton_support_is_a_user_error_not_silent_eager(monkeypatch):
     """The package keeps eager attention without a word when Triton can't run; the user asked for flash."""
     from disentangled_flash import kernel
@@ -201,6 +209,7 @@ def test_cuda_without_triton_support_is_a_user_error_not_silent_eager(monkeypatc
     assert type(model.deberta.encoder).__name__ == "DebertaV2Encoder"
 
 
+@needs_flash
 def test_package_is_imported_only_when_chosen(monkeypatch):
     """A fresh copy of sora/attention.py, loaded and used for eager while any import of the package fails."""
     monkeypatch.setitem(sys.modules, "disentangled_flash", None)
@@ -228,6 +237,7 @@ def no_tf32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+@needs_flash
 @pytest.mark.skipif(not _triton_ready(), reason="needs a CUDA GPU with Triton (the Triton backend)")
 @pytest.mark.parametrize("method", METHODS)
 def test_triton_matches_eager_on_cuda(method, no_tf32):
@@ -254,6 +264,7 @@ def test_triton_matches_eager_on_cuda(method, no_tf32):
     assert all(flash_grad_err[n] <= 2 * eager_grad_err[n] + 1e-3 for n in ref_grads)
 
 
+@needs_flash
 @pytest.mark.slow
 def test_a_training_run_uses_the_routed_attention(tiny_overrides, monkeypatch):
     """The real loop: set_attention before peft, the model moved after, 3 steps and an eval through it."""

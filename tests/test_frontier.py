@@ -111,3 +111,20 @@ def test_frontier_recipe_is_per_task_and_keeps_committed_run_ids():
     # the committed LoRA r=8 seed-0 records (results/minilm_frontier/records), made before the per-task recipe
     assert run_id(cfg["mrpc"]) == "mrpc-lora-minilm-s0-af4058c768"
     assert run_id(cfg["stsb"]) == "stsb-lora-minilm-s0-9fe99644be"
+
+
+def test_a_task_where_every_run_diverged_gets_its_table_and_no_plot(tmp_path):
+    """`make smoke` then `make tables`: tiny models sit at the constant score, so every point is diverged (no mean):
+    the table names them, and the plot, which would have nothing to place on its log axis, is not drawn."""
+    from sora.records import write_record
+    from tests.fixtures import make_results_fixture as fx
+
+    results = tmp_path / "results"
+    for method in ("lora", "sora"):
+        for seed in (0, 21):
+            rec = fx.record("mrpc", method, seed, 0.6838)  # the majority-class accuracy of MRPC dev
+            write_record(results / "records" / rec["run_id"] / "record.json", rec)
+    records = load_records(results)
+    paths = write_frontier(records, "mrpc", tmp_path / "tables", tmp_path / "plots")
+    assert [p.suffix for p in paths] == [".csv", ".md"] and not (tmp_path / "plots").exists()
+    assert "0 21" in paths[1].read_text()  # the diverged seeds, named

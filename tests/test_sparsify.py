@@ -69,6 +69,15 @@ def test_shrink_only_runs_stages_at_lr_zero_and_never_regrows(tmp_path):
 
 
 @pytest.mark.slow
+def test_shrink_only_is_at_lr_zero_with_the_release_schedule_cut_by_max_steps(tmp_path):
+    """train.max_steps=12 with train.schedule=sora_release: the release's schedule over its epochs would be
+    thousands of steps long and leave the stages at lr > 0; cut with the run, it ends at 0 where the run does."""
+    rec = _run(tmp_path, "shrink_only", extra=("train.schedule=sora_release",))
+    assert rec["formulas"]["schedule"] == "sora_release" and rec["formulas"]["schedule_length"] == 12
+    assert all(p["lr"] == 0.0 for p in rec["curve"] if p["stage"] > 0)
+
+
+@pytest.mark.slow
 def test_retrain_trains_every_stage_with_a_fresh_schedule(tmp_path):
     rec = _run(tmp_path, "retrain")
     later = [p for p in rec["curve"] if p["stage"] > 0]

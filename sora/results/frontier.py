@@ -109,7 +109,7 @@ def plot_frontier(frame: pd.DataFrame, task: str, out_dir: str | Path) -> list[P
 
     from sora.results.plots import _save
 
-    if frame.empty:
+    if frame.empty or not frame["score"].notna().any():  # every run diverged: no point to place (the table says so)
         return []
     fig, ax = plt.subplots(figsize=(7.2, 4.6))
     colors = {"sora": "tab:red", "lora": "tab:blue", "adalora": "tab:green"}

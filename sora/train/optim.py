@@ -11,7 +11,7 @@ Schedules (linear warmup + linear decay, ``get_linear_schedule_with_warmup``):
 * ``sora_release``: as ``run_glue.py:606,619-621`` of the release: N = int(epochs * n_train / bsz) steps of
   schedule while the loop runs epochs * ceil(n_train / bsz) (lr 0 for the tail); main warmup ceil(N * ratio)
   (``TrainingArguments.get_warmup_steps``), gate warmup int(epochs * (n_train / bsz) * ratio) from the unrounded
-  product.
+  product. A run cut short by ``train.max_steps`` gets the same shape over its own steps.
 """
 
 from __future__ import annotations
@@ -118,6 +118,10 @@ def schedule_plan(kind: str, warmup: float, run_steps: int, n_train: int, batch_
     if kind == "sora_release":
         length = int(epochs * (n_train / batch_size))  # run_glue.py:606
         gate = int(epochs * (n_train / batch_size) * warmup) if warmup < 1 else int(warmup)  # run_glue.py:620
+        if run_steps < length:  # train.max_steps cut the run: the schedule ends with it (lr 0 at its end, as the
+            # release's own schedule ends with its run), never a 3,438-step schedule over a 20-step smoke run
+            length = run_steps
+            gate = int(run_steps * warmup) if warmup < 1 else int(warmup)
         return SchedulePlan(length, warmup_steps(warmup, length), gate)
     raise UserError(f"train.schedule must be one of {SCHEDULES}, got {kind!r}")
 
