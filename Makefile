@@ -76,9 +76,11 @@ verdict: $(VENV)/.installed ## issue 25's verdict (MiniLM STS-B, results/minilm_
 verdict-arms: $(VENV)/.installed ## one budget of the verdict: SoRA xi=XI x VERDICT_SEEDS and its four control arms (run two budgets at once: one per core)
 	$(PY) scripts/controls.py --experiment verdict_stsb --task stsb --xi $(XI) --seeds $(VERDICT_SEEDS) $(ARGS)
 
-verdict-rest: $(VENV)/.installed ## the verdict's LoRA ranks 1-8 and the sparsifying scheduler (retrain stages), then the tables
+verdict-rest: $(VENV)/.installed ## the verdict's LoRA ranks 1-8, the sparsifying scheduler (retrain stages), the peer check (LoRA r 1, 2), then the tables
 	$(PY) scripts/train.py -m experiment=verdict_stsb method=lora method.r=1,2,4,8 seed=$(VERDICT_SEEDS) $(ARGS)
 	$(PY) scripts/train.py -m experiment=verdict_stsb method=sora scheduler=sparsify $(VERDICT_SPARSIFY) seed=0,1,2 $(ARGS)
+	for r in 1 2; do $(PY) scripts/peer_check_trainer.py --task stsb --recipe verdict --r $$r --seeds 0 1 2 --threads 1 && \
+		$(PY) scripts/peer_check_trainer.py --task stsb --recipe verdict --r $$r --compare results/minilm_verdict || exit $$?; done
 	$(PY) scripts/aggregate.py --results results/minilm_verdict --tasks stsb --pool-code
 
 RATE ?= --bench results/bench/step_time.json
