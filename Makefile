@@ -109,6 +109,7 @@ bench: $(VENV)/.installed ## the speed benchmarks -> results/bench/ (run on a qu
 	$(PY) scripts/bench_e2e.py
 	$(PY) scripts/bench_trainer.py
 	$(PY) scripts/bench_encode.py
+	$(PY) scripts/bench_ops.py
 
 minilm-table: $(VENV)/.installed ## MRPC + STS-B x 3 methods x 3 seeds on real MiniLM weights -> results/minilm
 	$(PY) scripts/train.py -m experiment=minilm_table
