@@ -15,6 +15,7 @@ from sora.results import (  # noqa: E402
     plot_rank_over_training,
     plot_sparsify_curves,
 )
+from sora.results.allocation import write_allocation  # noqa: E402
 from sora.results.evidence import write_evidence  # noqa: E402
 from sora.results.frontier import write_frontier  # noqa: E402
 from sora.results.tables import write_tables  # noqa: E402
@@ -49,6 +50,7 @@ def main(argv=None) -> int:
         plot_sparsify_curves(records, task, out / "plots")
         write_frontier(records, task, out / "tables", out / "plots")
         write_evidence(records, task, out / "tables")
+        write_allocation(records, task, out / "tables")  # only where SoRA runs have control arms
     print((out / "tables" / "table1.md").read_text())
     print(f"{len(records)} runs; tables: {out / 'tables'}; plots: {out / 'plots'}; written: {len(paths)} tables")
     return 0
