@@ -338,7 +338,7 @@ def estimate(jobs: list[list[str]], cfgs: list, progress=None) -> list[JobCost]:
 def _check_job(cfg) -> None:
     from sora.validate import validate_run_config
 
-    validate_run_config(cfg)
+    validate_run_config(cfg, hub=False)  # the estimate reads the tokenizer and data only
     get_task(cfg.task.name)
 
 

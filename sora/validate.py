@@ -113,8 +113,9 @@ def validate_hub(cfg) -> None:
              f"HF_HUB_OFFLINE=1 if they are in your hub cache")
 
 
-def validate_run_config(cfg) -> None:
-    """The whole run config, before any folder exists (the method's own values: ``check_method_config``)."""
+def validate_run_config(cfg, hub: bool = True) -> None:
+    """The whole run config, before any folder exists (the method's own values: ``check_method_config``).
+    ``hub=False``: callers that never load the model or data from the hub (the cost estimate)."""
     from sora.models import max_positions
     from sora.tuners.methods import check_method_config
 
@@ -126,5 +127,6 @@ def validate_run_config(cfg) -> None:
     _require(cfg.eval.protocol in ("best_on_dev", "sora_split"),
              f"eval.protocol must be best_on_dev or sora_split, got {cfg.eval.protocol!r}")
     check_method_config(cfg.method)
-    validate_hub(cfg)
+    if hub:
+        validate_hub(cfg)
     validate_max_len(cfg.data.max_len, max_positions(cfg.model))
