@@ -2,10 +2,8 @@
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -130,43 +128,4 @@ def test_real_slurm_runs_a_two_job_multirun(tmp_path):
     assert list(Path(tmp_path, "slurm").glob("*/*_submission.sh"))
 
 
-class _FakeSubmitit:
-    """Stands in for submitit's SignalHandler (its USR2 handler requeues, then exits)."""
-
-    def __init__(self):
-        self.calls = []
-
-    def checkpoint_and_try_requeue(self, signum, frame):
-        self.calls.append(signum)
-        sys.exit(-1)
-
-
-_FakeSubmitit.__module__ = "submitit.core.job_environment"
-
-
-@pytest.mark.parametrize("sig,state,requeued", [
-    (signal.SIGUSR2, "RUNNING", True),      # submitit's time-limit / preemption signal: always its requeue
-    (signal.SIGTERM, "RUNNING", True),      # preemption grace period, scancel --signal=TERM: the job would end FAILED
-    (signal.SIGTERM, "COMPLETING", False),  # scancel (stays cancelled), scontrol requeue, the time limit
-    (signal.SIGTERM, "PENDING", False),     # a node set DOWN: Slurm requeued it already
-    (signal.SIGTERM, None, False),          # scontrol unreachable: no requeue from here
-])
-def test_a_signal_is_handed_to_submitit_only_where_a_requeue_is_right(monkeypatch, sig, state, requeued):
-    """The decision real Slurm showed right (tests/test_slurm_faults.py): a requeue after a user's scancel would
-    resurrect the job (seen: `scontrol requeue` of a CANCELLED job succeeds)."""
-    from sora.train import interrupt
-
-    fake = _FakeSubmitit()
-    monkeypatch.setattr(interrupt, "slurm_job_state", lambda: state)
-    before = signal.signal(signal.SIGUSR2, fake.checkpoint_and_try_requeue)
-    try:
-        with interrupt.Interrupts() as run, pytest.raises(SystemExit) as stopped:
-            os.kill(os.getpid(), sig)
-            deadline = time.time() + 5
-            while not run.requested and time.time() < deadline:
-                time.sleep(0.01)
-            run.hand_over()
-    finally:
-        signal.signal(signal.SIGUSR2, before)
-    assert fake.calls == ([sig] if requeued else [])
-    assert stopped.value.code == (-1 if requeued else 128 + sig)
+# The hand-over decision after a signal (requeue or not) is tested without Slurm in tests/test_interrupt_decision.py.

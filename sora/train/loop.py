@@ -48,7 +48,7 @@ from sora.records import (
 from sora.tracking import make_tracker, ranks_by_matrix
 from sora.train.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
 from sora.train.evaluate import evaluate
-from sora.train.interrupt import Interrupts
+from sora.train.interrupt import Interrupts, interruptible
 from sora.train.optim import group_lrs, schedule_plan
 from sora.train.sparsify import Stage, normalise_curve, stage_plan
 from sora.train.step import make_optimizer_and_schedule, optimizer_kind, run_length, run_schedule, train_step
@@ -69,6 +69,7 @@ def validate_config(cfg) -> None:
     validate_run_config(cfg)
 
 
+@interruptible  # USR2/SIGTERM are the run's from here: none loses it (sora/train/interrupt.py)
 def train(cfg) -> dict | None:
     """Run (or resume, or skip) the run this config names; return its record (None if another process has it)."""
     validate_config(cfg)
