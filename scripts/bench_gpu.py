@@ -467,7 +467,7 @@ def fmt(value, spec: str = ".1f") -> str:
 
 
 def markdown(result: dict) -> str:
-    """The tables a reader (and the README's Speed section) takes the figures from."""
+    """The tables a reader (and docs/speed.md) takes the figures from."""
     d, s = result["device"], result["shape"]
     lines = [f"# {result['label']}", "",
              f"Device: **{d['name']}** ({d['type']}, torch {d['torch']}, CUDA {d['cuda'] or '-'}, transformers "

@@ -5,7 +5,7 @@ A table row is one configuration: runs are grouped by everything that changes th
 they ran on and, unless ``pool_code=True``, the code commit and package versions. A row's label is the method's
 name plus every key whose value differs between rows of that method, so two configurations never share a cell.
 
-Record schema (version 1, see README "Result records"): run_id, status, task, method, model, seed, variant,
+Record schema (version 1, see docs/results.md "Result records"): run_id, status, task, method, model, seed, variant,
 protocol, config, versions, git, evals[], best{step, rule, select, metrics{split: {metric: v}}, main_metric,
 main}, ranks{module: int}, params{trainable, retained, retained_repo_formula, head, total_rank, max_rank},
 wall_time_s, peak_memory_mb, schema_version, checksum.
