@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CI: the Slurm fault suite's CI-sized subset on a real one-node Slurm (tests/test_slurm_faults.py with
 # SORA_SLURM_FAULTS=ci), when slurm-wlm can be installed here; otherwise one line saying why it was skipped and
-# exit 0. A test that runs and fails fails CI. Budget: ~3 min (install ~35 s, cluster ~10 s, suite ~2 min).
+# exit 0. A test that runs and fails fails CI. Budget: ~5 min (install ~35 s, cluster ~10 s, suite ~4 min: the signals
+# sweep and one preemption).
 #   PY=.venv/bin/python (default)   SORA_SLURM_CI=0 skips on purpose.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
