@@ -161,3 +161,18 @@ def test_sync_sites_name_the_package_path():
     module = bench_gpu()
     assert module.site_path(torch.cuda.__file__) == "torch/cuda/__init__.py"
     assert module.site_path(str(ROOT / "sora" / "train" / "step.py")) == "sora/train/step.py"
+
+
+def test_render_drops_the_sync_debug_modes_own_warning(tmp_path):
+    """issue 26: the loose filter counted torch's once-per-process 'Synchronization debug mode is a prototype
+    feature' warning, surfacing at the toggle (torch/cuda/__init__.py:1270), as a SoRA sync; --render takes it out."""
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "scripts" / "bench_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.SYNC_MESSAGE == "called a synchronizing CUDA operation"
+    model = ["transformers/models/deberta_v2/modeling_deberta_v2.py:1060"]
+    result = {"cells": {"a": {"syncs": 3, "sync_sites": ["torch/cuda/__init__.py:1270", *model]},
+                        "b": {"syncs": 1, "sync_sites": model}, "c": {"syncs": "n/a", "sync_sites": []}}}
+    assert module.drop_toggle_warning(result) == 1
+    assert result["cells"]["a"] == {"syncs": 2, "sync_sites": model} and result["cells"]["b"]["syncs"] == 1
+    assert "1 cell" in result["sync_filter"] and json.dumps(result)
