@@ -126,7 +126,3 @@ def recipe_from_record(record: dict) -> GateRecipe:
 
 def _tensor(values) -> torch.Tensor | None:
     return None if values is None else torch.tensor(values, dtype=torch.float32)
-
-
-def is_flagged(diag: dict | None) -> bool:
-    return bool(diag) and diag["verdict"] == NULL

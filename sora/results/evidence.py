@@ -28,10 +28,9 @@ from scipy.stats import t as student_t
 
 from sora.data.tasks import TASKS
 from sora.results.load import Records
-from sora.results.tables import _table_runs, per_run_scores
+from sora.results.tables import _table_runs, null_count, per_run_scores
 
 SELECTION_ROWS = {"sora_split": "held-out", "best_on_dev": "same rows (optimistic)"}
-NULL_VERDICT = "indistinguishable from the null"
 ALPHA, POWER = 0.05, 0.80
 MDD_FORMULA = "MDD = (t_{1-α/2, n-1} + t_{power, n-1}) · sd_d / √n, α = 0.05, power = 0.8"
 
@@ -102,8 +101,8 @@ def _selection_note(ok: pd.DataFrame) -> str:
 
 def _gate_cell(g: pd.DataFrame) -> str:
     """'null 3/3': seeds whose gates were judged indistinguishable from the null, of those with a verdict."""
-    judged = g["gate_verdict"].dropna()
-    return f"null {int((judged == NULL_VERDICT).sum())}/{len(judged)}" if len(judged) else ""
+    count = null_count(g)
+    return f"null {count}" if count else ""
 
 
 def _config_row(task: str, label: str, g: pd.DataFrame, failed: int) -> dict:

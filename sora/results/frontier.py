@@ -16,9 +16,8 @@ import numpy as np
 import pandas as pd
 
 from sora.data.tasks import TASKS
-from sora.diagnostics.verdict import NULL
 from sora.results.load import Records
-from sora.results.tables import _table_runs, per_run_scores
+from sora.results.tables import _table_runs, null_count, per_run_scores
 
 COLUMNS = ["task", "method", "label", "params", "params_std", "head_params", "score", "score_std", "n", "failed",
            "diverged", "seeds", "commits", "gate_null", "gates_cannot_grow", "pareto", "dominated_by"]
@@ -56,12 +55,8 @@ def _commits(records: Records, run_ids) -> str:
 def _gate_flags(g: pd.DataFrame) -> dict:
     """SoRA points: how many seeds' pruning the null model (no task gradient) explains, e.g. "3/3" (see
     ``sora.diagnostics.verdict.RULE``), and whether the recipe left the gates no room to grow."""
-    verdicts = g["gate_verdict"].dropna() if "gate_verdict" in g else pd.Series(dtype=object)
-    if verdicts.empty:
-        return {"gate_null": "", "gates_cannot_grow": False}
-    flagged = int((verdicts == NULL).sum())
-    return {"gate_null": f"{flagged}/{len(verdicts)}",
-            "gates_cannot_grow": bool(g["gate_warning"].notna().any()) if "gate_warning" in g else False}
+    return {"gate_null": null_count(g),
+            "gates_cannot_grow": bool("gate_warning" in g and g["gate_warning"].notna().any())}
 
 
 def null_dominated(gate_null: str) -> bool:

@@ -77,7 +77,7 @@ def table1(records: Records, paper_csv: str | Path | None = PAPER_CSV, expected_
             present = set(g["seed"]) | set(bad["seed"])
             missing = sorted(set(seeds_all) - present) if present else []
             row[f"{task}.missing_seeds"] = " ".join(map(str, missing))
-            row[f"{task}.gate_null"] = _null_count(g)
+            row[f"{task}.gate_null"] = null_count(g)
             if task == "mnli":  # mismatched: this run's second dev set, or the release's separate mnli_mm runs
                 mm = g["mm"].dropna().to_numpy()
                 if not len(mm):
@@ -96,7 +96,7 @@ def table1(records: Records, paper_csv: str | Path | None = PAPER_CSV, expected_
     return pd.DataFrame(rows)
 
 
-def _null_count(g: pd.DataFrame) -> str:
+def null_count(g: pd.DataFrame) -> str:
     """"k/n": SoRA seeds whose pruning the gates' null model explains (``sora.diagnostics.verdict``); "" else."""
     if "gate_verdict" not in g or g["gate_verdict"].dropna().empty:
         return ""
