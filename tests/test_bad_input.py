@@ -68,8 +68,8 @@ CASES = {
     "device_unknown": (["device=tpu"], "device must be auto, cpu or cuda[:N]"),
     "batch_size_zero": (["train.batch_size=0"], "train.batch_size must be a positive integer"),
     "variant_unknown": (["method.variant=both"], "method.variant must be one of"),
-    "protocol_unknown": (["eval.protocol=test_set"], "eval.protocol must be best_on_dev or sora_split"),
-    "precision_unknown": (["train.precision=fp8"], "train.precision must be fp32 or bf16"),
+    "protocol_unknown": (["eval.protocol=test_set"], "eval.protocol must be one of best_on_dev, sora_split"),
+    "precision_unknown": (["train.precision=fp8"], "train.precision must be one of fp32, bf16"),
     "max_len_too_small": (["data.max_len=2"], "leaves no room for text"),
     "data_dir_missing": (["data.dir=/nonexistent/glue"], "is not a folder"),
     "adalora_tinit_too_late": (["method=adalora", "method.tinit=10", "method.tfinal=1", "method.ref_steps=null"],
@@ -88,6 +88,15 @@ CASES = {
     "optimizer_unknown": (["train.optimizer=sgd"], "train.optimizer must be one of auto, adamw, adamw_hf_legacy"),
     "schedule_unknown": (["train.schedule=cosine"], "train.schedule must be one of standard, sora_release"),
     "prox_unknown": (["method.prox=hard"], "method.prox must be one of"),
+    # the typed schema (sora.run_schema): a typo'd key, a wrong type, a range in every group
+    "unknown_key": (["+train.lrr=1e-3"], "unknown key train.lrr; train has lr, batch_size"),
+    "steps_not_an_integer": (["train.max_steps=2.5"], "train.max_steps must be -1 (use epochs) or a positive"),
+    "betas_out_of_range": (["train.adam_betas=[0.9,1.5]"], "train.adam_betas must be two numbers in [0, 1)"),
+    "flag_not_a_bool": (["data.group_by_length=maybe"], "data.group_by_length must be true or false"),
+    "eval_batch_zero": (["eval.batch_size=0"], "eval.batch_size must be a positive integer"),
+    "stages_one": (["scheduler=sparsify", "scheduler.n_stages=1"], "scheduler.n_stages must be an integer >= 2"),
+    "wandb_mode_unknown": (["logger=wandb", "logger.mode=sometimes"], "logger.mode must be one of online"),
+    "cls_dropout_one": (["train.cls_dropout=1.0"], "train.cls_dropout must be null or in [0, 1)"),
 }
 
 

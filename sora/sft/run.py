@@ -29,11 +29,13 @@ from sora.records import (
     read_record,
     write_record,
 )
+from sora.run_schema import SftSchema, check_run_schema
 from sora.sft.adapters import attach_method, method_optimizer
 from sora.sft.data import Collator, eos_id, fingerprint, load_sft_data
 from sora.sft.model import load_causal_lm
 from sora.sft.ranks import plot_rank_grid, rank_grid
 from sora.tuners.methods import build_method, count_params
+from sora.validate import validate_device
 
 
 def sft_identity(cfg, data_fingerprint: str) -> dict:
@@ -61,8 +63,6 @@ def total_steps(cfg, n_train: int) -> int:
 
 def training_args(cfg, out_dir: Path, device: str) -> TrainingArguments:
     t = cfg.train
-    if t.precision not in ("fp32", "bf16"):
-        raise UserError(f"train.precision must be fp32 or bf16, got {t.precision!r}")
     report = [cfg.logger.name] if cfg.logger.name != "none" else "none"
     return TrainingArguments(
         output_dir=str(out_dir), seed=cfg.seed, per_device_train_batch_size=t.batch_size,
@@ -93,6 +93,8 @@ def token_perplexity(model, rows: list[dict], collator: Collator, batch_size: in
 
 def run_sft(cfg) -> dict | None:
     """Train (or resume, or skip when finished) one run; returns its record."""
+    check_run_schema(cfg, SftSchema)  # every value before any folder exists
+    validate_device(cfg.device)
     data_fingerprint = fingerprint(cfg.data)  # the files' bytes: a finished run is skipped before tokenising
     rid = sft_run_id(cfg, data_fingerprint)
     run_dir = Path(cfg.results_dir).expanduser() / "records" / rid

@@ -168,8 +168,8 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path, tracker, fingerp
     if payload:
         state = restore_checkpoint(payload, model, optimizer, scheduler, method)
         log.info("resumed %s at step %d (stage %d)", rid, state["step"], state.get("stage", 0))
-        # evaluations after the checkpoint are replayed: drop their lines so each step appears once
-        _rewrite_jsonl(run_dir / "metrics.jsonl", state["evals"])
+    # evaluations after the checkpoint (all of them, with none) are replayed: drop their lines, each step once
+    _rewrite_jsonl(run_dir / "metrics.jsonl", state["evals"])
     if stage_now.xi is not None:
         method.config.xi = stage_now.xi
 

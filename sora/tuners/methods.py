@@ -16,8 +16,10 @@ from peft.tuners.lora.layer import LoraLayer
 
 from sora.diagnostics.verdict import growth_warning, record_diagnostics
 from sora.errors import UserError
+from sora.schema import check_node
 from sora.train.optim import decay_groups
 from sora.tuners.heads import apply_head_policy, head_modules_to_save
+from sora.tuners.method_schemas import METHOD_SCHEMAS
 from sora.tuners.sora import step as sora_step
 from sora.tuners.sora.config import SoraConfig
 from sora.tuners.sora.export import export_pruned_adapter
@@ -309,42 +311,19 @@ def build_method(base_model, cfg, total_steps: int, **extra) -> Method:
 
 
 def check_method_config(cfg) -> None:
-    """Every value of the ``method`` node, before a model or a run folder exists (SoRA: its SoraConfig)."""
+    """Every value of the ``method`` node, before a model or a run folder exists: its schema
+    (``sora.tuners.method_schemas``), then what one key cannot say alone."""
     if cfg.name not in METHODS:
         raise UserError(f"unknown method {cfg.name!r}; valid: {', '.join(METHODS)}")
-    validate_method_config(cfg)
+    check_node(cfg, METHOD_SCHEMAS[cfg.name], "method.")
+    if cfg.name == "adalora" and cfg.target_r > cfg.init_r:
+        raise UserError(f"method.target_r ({cfg.target_r}) must be <= method.init_r ({cfg.init_r}): AdaLoRA only "
+                        f"prunes; e.g. method.target_r={cfg.init_r}")
     head_modules_to_save(_head(cfg))
     if isinstance(cfg.get("targets"), str) and cfg.targets != "auto":
         target_regex(cfg.targets)
     if cfg.name == "sora":
         sora_config(cfg)
-
-
-# key -> (check, what it must be, an example); peft's own errors for these are tracebacks
-_POSITIVE_INT = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer")
-_NONNEG_INT = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0")
-_POSITIVE = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "> 0")
-_NONNEG = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, ">= 0")
-_PROB = (lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "in [0, 1)")
-_CHECKS = {
-    "lora": {"r": (*_POSITIVE_INT, 8), "lora_alpha": (*_POSITIVE, 16), "lora_dropout": (*_PROB, 0.0)},
-    "adalora": {"init_r": (*_POSITIVE_INT, 12), "target_r": (*_POSITIVE_INT, 8), "lora_alpha": (*_POSITIVE, 32),
-                "lora_dropout": (*_PROB, 0.0), "tinit": (*_NONNEG_INT, 200), "tfinal": (*_NONNEG_INT, 1000),
-                "deltaT": (*_POSITIVE_INT, 10), "beta1": (*_PROB, 0.85), "beta2": (*_PROB, 0.85),
-                "orth_reg_weight": (*_NONNEG, 0.1)},
-    "sora": {"lora_alpha": (*_POSITIVE, 16), "lora_dropout": (*_PROB, 0.0)},
-}
-
-
-def validate_method_config(cfg) -> None:
-    """Every LoRA / AdaLoRA value (and SoRA's LoRA ones; SoraConfig checks the gate's) as one line naming the fix."""
-    for key, (ok, what, example) in _CHECKS.get(cfg.name, {}).items():
-        value = cfg.get(key)
-        if not ok(value):
-            raise UserError(f"method.{key} must be {what}, got {value!r}; e.g. method.{key}={example}")
-    if cfg.name == "adalora" and cfg.target_r > cfg.init_r:
-        raise UserError(f"method.target_r ({cfg.target_r}) must be <= method.init_r ({cfg.init_r}): AdaLoRA only "
-                        f"prunes; e.g. method.target_r={cfg.init_r}")
 
 
 def count_params(method: Method, hidden_size: int) -> dict[str, int]:

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import Literal
 
-from sora.errors import UserError
-
-VARIANTS = ("paper", "code")
-GATE_INITS = ("ones", "randn")
-PROXES = ("textbook", "release")
+from sora.schema import check_node, nonneg, positive, spec
 
 
 @dataclass
@@ -27,37 +23,23 @@ class SoraConfig:
     ``prox`` (``textbook`` | ``release``) defaults to the variant's formula; it is recorded either way.
     """
 
-    r_max: int = 8
-    lora_alpha: float = 16.0
-    xi: float = 1e-4
-    variant: str = "paper"
-    gate_init: str | None = None  # None = the variant's default
-    l1_coef: float = 0.0
-    gate_lr: float | None = None  # None = the main learning rate
-    prox: str | None = None  # None = the variant's formula
+    r_max: int = spec(8, what="a positive integer", ok=positive, example=8)
+    lora_alpha: float = spec(16.0, what="> 0", ok=positive, example=16)
+    xi: float = spec(1e-4, what="a finite number >= 0", ok=nonneg, example=1e-4)
+    variant: Literal["paper", "code"] = "paper"
+    gate_init: Literal["ones", "randn"] | None = None  # None = the variant's default
+    l1_coef: float = spec(0.0, what="a finite number >= 0", ok=nonneg, example=10)
+    gate_lr: float | None = spec(None, what="> 0 (or null for the main lr)", ok=positive, example="null")
+    prox: Literal["textbook", "release"] | None = None  # None = the variant's formula
 
     def __post_init__(self):
-        if not isinstance(self.r_max, int) or isinstance(self.r_max, bool) or self.r_max <= 0:
-            raise UserError(f"method.r_max must be a positive integer, got {self.r_max!r}; try method.r_max=8")
-        if not (isinstance(self.xi, (int, float)) and math.isfinite(self.xi) and self.xi >= 0):
-            raise UserError(f"method.xi must be a finite number >= 0, got {self.xi!r}; try method.xi=1e-4")
-        if self.variant not in VARIANTS:
-            raise UserError(f"method.variant must be one of {VARIANTS}, got {self.variant!r}")
+        check_node(self, SoraConfig, "method.")  # the schema above: types, ranges, choices
         if self.gate_init is None:
             self.gate_init = "ones" if self.variant == "paper" else "randn"
-        if self.gate_init not in GATE_INITS:
-            raise UserError(f"method.gate_init must be one of {GATE_INITS}, got {self.gate_init!r}")
         if self.prox is None:
             self.prox = "textbook" if self.variant == "paper" else "release"
-        if self.prox not in PROXES:
-            raise UserError(f"method.prox must be one of {PROXES}, got {self.prox!r}; or leave it null")
-        if not (isinstance(self.l1_coef, (int, float)) and math.isfinite(self.l1_coef) and self.l1_coef >= 0):
-            raise UserError(f"method.l1_coef must be a finite number >= 0, got {self.l1_coef!r}; e.g. 10")
         if self.variant == "paper":
             self.l1_coef = 0.0  # the paper has no extra loss term; the released code's l1_coef is ignored
-        if self.gate_lr is not None and not (isinstance(self.gate_lr, (int, float)) and math.isfinite(self.gate_lr)
-                                             and self.gate_lr > 0):
-            raise UserError(f"method.gate_lr must be > 0, got {self.gate_lr}; or leave it null for the main lr")
 
     @property
     def scaling(self) -> float:
