@@ -25,8 +25,8 @@ from omegaconf import OmegaConf  # noqa: E402
 from transformers import DebertaV2Config, DebertaV2ForSequenceClassification  # noqa: E402
 
 from sora.models import load_model  # noqa: E402
+from sora.optim import build_optimizer  # noqa: E402
 from sora.train.loop import autocast_factory  # noqa: E402
-from sora.train.optim import build_optimizer  # noqa: E402
 from sora.tuners.methods import build_method  # noqa: E402
 
 COMMON = dict(targets="all", head="trainable", lora_dropout=0.0)

@@ -34,7 +34,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E4
 
 from sora import SoraCallback, SoraConfig, get_sora_model, sora_optimizer  # noqa: E402
 from sora.models import resolve_source  # noqa: E402
-from sora.train.optim import build_optimizer  # noqa: E402
+from sora.optim import build_optimizer  # noqa: E402
 from sora.tuners.targets import target_regex  # noqa: E402
 
 

@@ -8,7 +8,7 @@ At the budget a finished SoRA run (experiment, task, ξ, seed) kept, in the orde
 - (a) plain LoRA from scratch on SoRA's kept pattern: ``method=lora method.rank_pattern_from=sora``;
 - (b) plain LoRA on a random pattern with SoRA's per-matrix-type totals: ``method.rank_pattern_from=random``;
 - (c) uniform LoRA at the rank nearest SoRA's mean kept rank per module: ``method=lora method.r=<k>``, k per seed
-  from that seed's SoRA record (``sora.tuners.rank_source.nearest_uniform_rank``).
+  from that seed's SoRA record (``sora.rank_patterns.nearest_uniform_rank``).
 
 (a) and (b) select the SoRA run with ``method.pattern_xi=<xi>``, so a results folder holding a ξ grid works.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from sora.errors import UserError
-from sora.tuners.rank_source import find_sora_record, nearest_uniform_rank
+from sora.rank_patterns import find_sora_record, nearest_uniform_rank
 
 
 def first_arms(experiment: str, task: str, xi: str, seeds: list[int], extra: list[str]) -> list[list[str]]:

@@ -30,8 +30,7 @@ from transformers import TrainerCallback
 
 from sora.diagnostics.null import GateRecipe
 from sora.diagnostics.verdict import diagnose, growth_warning
-from sora.train.optim import LegacyAdamW, SchedulePlan, build_optimizer
-from sora.train.step import optimizer_kind
+from sora.optim import LegacyAdamW, SchedulePlan, build_optimizer, optimizer_kind
 from sora.tuners.sora import step as sora_step
 from sora.tuners.sora.config import SoraConfig
 from sora.tuners.sora.export import export_pruned_adapter

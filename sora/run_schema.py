@@ -13,7 +13,7 @@ from typing import Any, Literal
 from sora.schema import check_node, nonneg, positive, spec, unit_interval
 from sora.tuners.method_schemas import METHOD_SCHEMAS
 
-_OPTIMIZERS = Literal["auto", "adamw", "adamw_hf_legacy"]  # sora.train.optim.OPTIMIZERS (tested equal)
+_OPTIMIZERS = Literal["auto", "adamw", "adamw_hf_legacy"]  # sora.optim.OPTIMIZERS (tested equal)
 _WARMUP = ">= 0 (< 1: a ratio of the steps, >= 1: steps)"
 
 

@@ -11,15 +11,15 @@ from omegaconf import OmegaConf, open_dict
 from sora import controls
 from sora.config import load_config
 from sora.errors import UserError
-from sora.records import identity, run_id, write_record
-from sora.train.loop import train
-from sora.tuners.rank_source import (
+from sora.rank_patterns import (
     matrix_kind,
     nearest_uniform_rank,
     random_pattern,
     sora_rank_pattern,
     type_totals,
 )
+from sora.records import identity, run_id, write_record
+from sora.train.loop import train
 from tests.conftest import GLUE_FIXTURE, ROOT
 
 NAMES = {  # the tiny DeBERTa-v2's 12 adapted modules, by type

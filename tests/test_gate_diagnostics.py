@@ -12,7 +12,7 @@ from scipy.stats import norm
 
 from sora.diagnostics.null import GateRecipe, expected_kept, simulate
 from sora.diagnostics.verdict import DATA, NO_PRUNING, NULL, growth_warning, record_diagnostics
-from sora.train.optim import SchedulePlan
+from sora.optim import SchedulePlan
 from sora.tuners.sora.config import SoraConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ from transformers import (
 )
 
 from sora import SoraCallback, SoraConfig, get_sora_model, sora_optimizer
-from sora.train.optim import build_optimizer, linear_schedule, schedule_plan
+from sora.optim import build_optimizer, linear_schedule, schedule_plan
 from sora.train.step import train_step
 from sora.tuners.methods import Method
 from sora.tuners.sora import step as sora_step

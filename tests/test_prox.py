@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from sora.train.optim import build_optimizer
+from sora.optim import build_optimizer
 from sora.tuners.methods import SoraMethod
 from sora.tuners.sora.layer import soft_threshold_
 from tests.conftest import tiny_base

@@ -114,7 +114,7 @@ def test_code_variant_follows_the_released_step(overrides, gate_scale):
 
 def test_release_prox_hand_example():
     """Issue example: one legacy-AdamW gate step (eps 1e-6, betas (0.9, 0.999), no decay), then lambda 0.006."""
-    from sora.train.optim import LegacyAdamW
+    from sora.optim import LegacyAdamW
     from sora.tuners.sora.layer import release_prox_, soft_threshold_
 
     g0, grad, lr, lam = [0.5, -0.03, 0.001], [0.1, -0.3, 0.2], 0.01, 0.006

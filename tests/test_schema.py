@@ -109,8 +109,8 @@ def test_choices_are_the_code_s_own():
     from typing import get_args, get_type_hints
 
     from sora.attention import CHOICES
+    from sora.optim import OPTIMIZERS, SCHEDULES
     from sora.train import sparsify
-    from sora.train.optim import OPTIMIZERS, SCHEDULES
 
     hints = get_type_hints(TrainSchema)
     assert get_args(hints["optimizer"]) == ("auto", *OPTIMIZERS)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sora.train.optim import SchedulePlan, build_optimizer, linear_schedule
+from sora.optim import SchedulePlan, build_optimizer, linear_schedule
 from sora.tuners.sora.config import SoraConfig
 from sora.tuners.sora.step import GATE_GROUP, gate_group, prox_
 
@@ -30,7 +30,7 @@ class GateRecipe:
     """Everything a gate sees in a run except the task gradient."""
 
     config: SoraConfig
-    optimizer: str  # adamw | adamw_hf_legacy (sora.train.optim.OPTIMIZERS)
+    optimizer: str  # adamw | adamw_hf_legacy (sora.optim.OPTIMIZERS)
     lr: float  # the run's main lr (the gate group's is config.gate_lr or this)
     adam_betas: tuple[float, float]
     adam_eps: float
@@ -50,7 +50,7 @@ class GateRecipe:
 
 def gate_lrs(recipe: GateRecipe) -> list[float]:
     """The gate group's lr at each step 0..steps-1 (the one its optimizer step and prox use), from the real
-    schedule (``sora.train.optim.linear_schedule``) on a stand-in optimizer."""
+    schedule (``sora.optim.linear_schedule``) on a stand-in optimizer."""
     group = {"params": [torch.zeros(1, requires_grad=True)], "lr": recipe.peak_gate_lr, "name": GATE_GROUP}
     opt = torch.optim.SGD([group], lr=recipe.peak_gate_lr)
     sched = linear_schedule(opt, recipe.plan)

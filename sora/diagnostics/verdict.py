@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from sora.diagnostics.null import GateRecipe, expected_kept, simulate
-from sora.train.optim import SchedulePlan, schedule_plan
+from sora.optim import SchedulePlan, schedule_plan
 from sora.tuners.sora.config import SoraConfig
 
 DATA = "data-dependent"

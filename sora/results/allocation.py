@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sora.rank_patterns import nearest_uniform_rank
 from sora.records import current_identity
 from sora.results.evidence import paired_stats, run_frame, verdict
 from sora.results.load import Records
-from sora.tuners.rank_source import nearest_uniform_rank
 
 ARMS = {"a": "LoRA on SoRA's kept pattern", "b": "LoRA on a random pattern (same per-type totals)",
         "c": "uniform LoRA at the nearest rank", "d": "the gate with ξ = 0"}

@@ -10,8 +10,7 @@ import torch
 from transformers import TrainerCallback
 
 from sora.hf_trainer import SoraCallback
-from sora.train.optim import build_optimizer
-from sora.train.step import optimizer_kind
+from sora.optim import build_optimizer, optimizer_kind
 from sora.tuners.methods import ADALORA_STATE, Method
 
 

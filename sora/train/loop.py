@@ -32,6 +32,8 @@ from sora.data.glue import SELECT_SEED, data_fingerprint, protocol_splits
 from sora.data.tasks import get_task
 from sora.errors import UserError
 from sora.models import load_model, load_tokenizer
+from sora.optim import group_lrs, schedule_plan
+from sora.rank_patterns import sora_rank_pattern
 from sora.records import (
     CorruptRecord,
     RunLock,
@@ -49,11 +51,9 @@ from sora.tracking import make_tracker, ranks_by_matrix
 from sora.train.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
 from sora.train.evaluate import evaluate
 from sora.train.interrupt import Interrupts, interruptible
-from sora.train.optim import group_lrs, schedule_plan
 from sora.train.sparsify import Stage, normalise_curve, stage_plan
 from sora.train.step import make_optimizer_and_schedule, optimizer_kind, run_length, run_schedule, train_step
 from sora.tuners.methods import build_method, count_params
-from sora.tuners.rank_source import sora_rank_pattern
 from sora.validate import validate_run_config
 
 log = logging.getLogger("sora")

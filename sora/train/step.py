@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from sora.train.optim import SchedulePlan, build_optimizer, group_lrs, linear_schedule, schedule_plan
+from sora.optim import SchedulePlan, build_optimizer, group_lrs, linear_schedule, optimizer_kind, schedule_plan
 
 
 def train_step(model, batch: dict, method, optimizer, scheduler, step: int, clip_params: list, max_grad_norm: float,
@@ -34,14 +34,6 @@ def train_step(model, batch: dict, method, optimizer, scheduler, step: int, clip
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.detach(), lrs
-
-
-def optimizer_kind(train_cfg, method_cfg) -> str:
-    """``auto``: the release's transformers-4.x AdamW for SoRA's ``code`` variant, torch AdamW otherwise."""
-    kind = train_cfg.get("optimizer", "auto")
-    if kind == "auto":
-        return "adamw_hf_legacy" if method_cfg.get("variant") == "code" else "adamw"
-    return kind
 
 
 def make_optimizer(method, train_cfg, device: torch.device, method_cfg=None) -> torch.optim.Optimizer:

@@ -16,8 +16,8 @@ from peft.tuners.lora.layer import LoraLayer
 
 from sora.diagnostics.verdict import growth_warning, record_diagnostics
 from sora.errors import UserError
+from sora.optim import decay_groups
 from sora.schema import check_node
-from sora.train.optim import decay_groups
 from sora.tuners.heads import apply_head_policy, head_modules_to_save
 from sora.tuners.method_schemas import METHOD_SCHEMAS
 from sora.tuners.sora import step as sora_step

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from sora.train.optim import decay_groups
+from sora.optim import decay_groups
 from sora.tuners.sora.config import SoraConfig
 from sora.tuners.sora.layer import release_prox_, soft_threshold_
 from sora.tuners.sora.model import gate_l1

@@ -84,8 +84,17 @@ def decay_groups(params, lr: float, weight_decay: float, eps: float) -> list[dic
              "name": "adapter_no_decay"}]
 
 
+def optimizer_kind(train_cfg, method_cfg) -> str:
+    """``auto``: the release's transformers-4.x AdamW for SoRA's ``code`` variant, torch AdamW otherwise."""
+    kind = train_cfg.get("optimizer", "auto")
+    if kind == "auto":
+        return "adamw_hf_legacy" if method_cfg.get("variant") == "code" else "adamw"
+    return kind
+
+
 def build_optimizer(groups: list[dict], betas, device: torch.device, kind: str = "adamw") -> torch.optim.Optimizer:
-    """Groups may carry their own ``betas``/``eps`` (the released gate optimizer has its own defaults)."""
+    """The one optimizer builder (the GLUE loop, the Trainer bridge, SFT, the gates' null model). Groups may carry
+    their own ``betas``/``eps`` (the released gate optimizer has its own defaults)."""
     if kind == "adamw":
         return torch.optim.AdamW(groups, betas=tuple(betas), fused=device.type == "cuda")
     if kind == "adamw_hf_legacy":
