@@ -27,6 +27,7 @@ from transformers import DebertaV2Config, DebertaV2ForSequenceClassification  # 
 from sora.models import load_model  # noqa: E402
 from sora.optim import build_optimizer  # noqa: E402
 from sora.train.loop import autocast_factory  # noqa: E402
+from sora.train.step import train_step  # noqa: E402
 from sora.tuners.methods import build_method  # noqa: E402
 
 COMMON = dict(targets="all", head="trainable", lora_dropout=0.0)
@@ -68,19 +69,13 @@ class Adapted:
         self.method = build_method(model, OmegaConf.create({**COMMON, **spec}), total_steps=total_steps)
         self.trainable = [p for p in self.method.model.parameters() if p.requires_grad]
         self.opt = build_optimizer(self.method.param_groups(1e-4, 0.01, 1e-8), (0.9, 0.999), torch.device("cpu"))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda _: 1.0)
         self.n = 0
 
     def step(self, batch):
-        with self.autocast():
-            loss = self.method.model(**batch).loss
-        extra = self.method.extra_loss()
-        if extra is not None:
-            loss = loss + extra
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.trainable, 0.1)
-        self.opt.step()
-        self.method.after_optimizer_step(self.n, self.opt)
-        self.opt.zero_grad(set_to_none=True)
+        """The CLI's own step (``sora.train.step.train_step``: extra loss inside autocast, clip 0.1, prox)."""
+        train_step(self.method.model, batch, self.method, self.opt, self.sched, self.n, self.trainable, 0.1,
+                   self.autocast)
         self.n += 1
 
 
