@@ -3,8 +3,8 @@
 Budgeting a sweep from "rows x max_len" overstates it several times (GLUE rows are short), so the counts here come
 from the training code itself: the sweep is expanded as Hydra's basic sweeper expands it, each job's config is
 composed, its splits are the ones ``protocol_splits`` gives, tokenised by ``encode`` (its npz cache included), and
-the batches are the ones ``train_batches`` / ``eval_batches`` yield over the run's steps (``run_length``,
-``stage_plan``) and evaluation points (the loop's cadence). A batch costs ``rows x width`` tokens, width = its
+the batches are the ones ``train_batches`` / ``eval_batches`` yield over the run's steps and evaluation points
+(``sora.train.plan.run_plan``: the plan the loop itself follows). A batch costs ``rows x width`` tokens, width = its
 longest row or ``pad_to``, exactly as ``Encoded.batch`` builds it. Static = the same row passes x ``max_len``.
 
 Where a split is absent (MNLI/QNLI train, QQP, RTE are not in ../shared/glue) its rows are GLUE's published
@@ -127,18 +127,6 @@ def train_tokens(lengths: np.ndarray, batch_size: int, seed: int, steps: int, st
         p, r, n = batch_tokens(batches, lengths, pad_to)
         padded, real, rows = padded + p, real + r, rows + n
     return padded, real, rows
-
-
-def eval_points(plan, eval_every: int) -> int:
-    """How many times the loop evaluates every split: each stage every ``min(eval_every, stage length)`` steps
-    and at its end, plus once on entering the first sparsifying stage (the curve's 100% / 100% point)."""
-    n = 1 if len(plan) > 1 else 0
-    for stage in plan:
-        length = stage.end - stage.start
-        if length > 0:
-            every = min(eval_every, length)
-            n += length // every + (1 if length % every else 0)
-    return n
 
 
 # ---------------------------------------------------------------- the splits' lengths
@@ -281,24 +269,19 @@ class JobCost:
 
 
 def job_cost(cfg, overrides: list[str], splits: dict[str, SplitLengths]) -> JobCost:
-    """The loop's run length, stages and evaluation cadence (``_prepare``, ``_Training.stages``,
-    ``_evaluate_all``) over these splits' lengths."""
-    from sora.train.loop import memorization_rows
-    from sora.train.sparsify import stage_plan
-    from sora.train.step import run_length
+    """The loop's own plan (``run_plan``: length, stages, evaluation cadence) over these splits' lengths."""
+    from sora.train.plan import memorization_rows, run_plan
 
     t, d = cfg.train, cfg.data
     pad_to = d.max_len if d.pad_to_max_len else None
     train = splits["train"].lengths
-    steps_per_epoch, dense = run_length(t, len(train))
-    plan = stage_plan(cfg.get("scheduler"), dense, steps_per_epoch)
-    every = min(t.eval_steps if t.eval_steps > 0 else steps_per_epoch, dense)
-    steps = plan[-1].end
+    plan = run_plan(cfg, len(train))  # the loop's own plan: length, stages, eval cadence
+    steps, n_evals = plan.end, plan.n_evals()
     evaluated = {k: v for k, v in splits.items() if k == "select" or k.startswith("report/")}
-    if len(plan) > 1:
+    if plan.sparsifying:
         evaluated["memorization"] = SplitLengths(train[memorization_rows(len(train))], splits["train"].exact, "")
-    n_evals = eval_points(plan, every)
-    ours, real, rows = train_tokens(train, t.batch_size, cfg.seed, steps, steps_per_epoch, d.group_by_length, pad_to)
+    ours, real, rows = train_tokens(train, t.batch_size, cfg.seed, steps, plan.steps_per_epoch, d.group_by_length,
+                                    pad_to)
     e_ours = e_real = e_rows = 0
     for s in evaluated.values():  # select and report/<dev> may be the same rows: the loop evaluates both
         p, r, n = batch_tokens(eval_batches(s.lengths, cfg.eval.batch_size, d.sort_eval_by_length), s.lengths, pad_to)

@@ -166,7 +166,7 @@ def test_memorization_subset_is_the_released_datasets_shuffle():
     """run_glue.py:664: train_dataset.shuffle(seed=42).select(range(1000)), by `datasets` itself."""
     import datasets
 
-    from sora.train.loop import memorization_rows
+    from sora.train.plan import memorization_rows
 
     ds = datasets.Dataset.from_dict({"i": list(range(1500))}).shuffle(seed=42).select(range(1000))
     assert memorization_rows(1500).tolist() == ds["i"]

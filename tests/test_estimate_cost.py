@@ -15,6 +15,7 @@ from sora.data.batching import Encoded, encode, train_batches
 from sora.data.glue import protocol_splits, read_split
 from sora.data.tasks import get_task
 from sora.errors import UserError
+from sora.train.plan import RunPlan
 from sora.train.sparsify import Stage
 from tests.conftest import GLUE_FIXTURE, ROOT
 
@@ -76,8 +77,12 @@ def _loop_evals(plan, eval_every):
     ([Stage(0, 1e-4, 0, 100), Stage(1, 2e-4, 100, 150), Stage(2, 3e-4, 150, 200)], 30),
 ])
 def test_eval_points_follow_the_loop(plan, every):
-    assert cost.eval_points(plan, every) == _loop_evals(plan, every)
-    assert cost.eval_points([Stage(0, None, 0, 100)], 30) == 4
+    """The count the estimate uses against the loop's own condition (``is_eval_step``), step by step."""
+    run = RunPlan(steps_per_epoch=10, total_steps=plan[0].end, eval_every=min(every, plan[0].end), stages=plan,
+                  schedule=None)
+    loop = sum(1 for stage in plan for step in range(stage.start + 1, stage.end + 1) if run.is_eval_step(stage, step))
+    assert run.n_evals() == loop + (1 if len(plan) > 1 else 0) == _loop_evals(plan, min(every, plan[0].end))
+    assert RunPlan(10, 100, 30, [Stage(0, None, 0, 100)], None).n_evals() == 4
 
 
 def test_hours_by_hand(tmp_path):

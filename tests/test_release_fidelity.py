@@ -15,7 +15,8 @@ import torch
 
 from sora.config import load_config
 from sora.models import load_model
-from sora.train.step import make_optimizer_and_schedule, run_length, run_schedule, train_step
+from sora.train.plan import run_length, run_schedule
+from sora.train.step import make_optimizer_and_schedule, train_step
 from sora.tuners.methods import build_method
 from sora.tuners.sora.model import lora_linears
 from tests import release_sora as rel

@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 from sora.attention import set_attention
 from sora.data.batching import encode, train_batches
-from sora.data.glue import SELECT_SEED, data_fingerprint, protocol_splits
+from sora.data.glue import data_fingerprint, protocol_splits
 from sora.data.tasks import get_task
 from sora.errors import UserError
 from sora.models import load_model, load_tokenizer
@@ -51,13 +51,13 @@ from sora.tracking import make_tracker, ranks_by_matrix
 from sora.train.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
 from sora.train.evaluate import evaluate
 from sora.train.interrupt import Interrupts, interruptible
-from sora.train.sparsify import Stage, normalise_curve, stage_plan
-from sora.train.step import make_optimizer_and_schedule, optimizer_kind, run_length, run_schedule, train_step
+from sora.train.plan import RunPlan, memorization_rows, run_plan
+from sora.train.sparsify import Stage, normalise_curve
+from sora.train.step import make_optimizer_and_schedule, optimizer_kind, train_step
 from sora.tuners.methods import build_method, count_params
 from sora.validate import validate_run_config
 
 log = logging.getLogger("sora")
-MEMORIZATION_ROWS = 1000  # the fixed shuffled train subset the scheduler measures memorization on
 
 
 class NonFiniteLoss(Exception):
@@ -123,11 +123,7 @@ class Setup:
     data: dict
     pad_id: int
     pad_to: int | None
-    steps_per_epoch: int
-    total_steps: int  # the dense phase
-    eval_every: int
-    plan: list  # [dense stage, sparsifying stages...]
-    schedule: object  # optim.SchedulePlan of the dense phase
+    plan: RunPlan  # length, stages, schedule, eval cadence (sora.train.plan: the cost estimate reads it too)
 
 
 def _run(cfg, task, rid: str, run_dir: Path, record_path: Path, tracker, fingerprint: str) -> dict:
@@ -150,7 +146,7 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path, tracker, fingerp
     base = load_model(cfg.model, task.num_labels, cfg.seed)
     base = set_attention(base, cfg.train.get("attention", "eager"), device)
     _set_head_dropout(base, cfg.train.get("cls_dropout"))
-    method = build_method(base, cfg.method, setup.total_steps, **extra)
+    method = build_method(base, cfg.method, setup.plan.total_steps, **extra)
     model = method.model.to(device)
     hidden = model.base_model.model.config.hidden_size
     for warning in method.config_warnings(cfg):
@@ -162,8 +158,8 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path, tracker, fingerp
     if (values := method.trace_point()) is not None:  # the init, before any step (SoRA: the gates)
         state["trace"].append({"step": 0, "values": values})
     payload = read_checkpoint(run_dir / "checkpoint", rid)
-    write_progress(run_dir, payload["state"]["step"] if payload else 0, setup.plan[-1].end)
-    stage_now = setup.plan[payload["state"].get("stage", 0)] if payload else setup.plan[0]
+    write_progress(run_dir, payload["state"]["step"] if payload else 0, setup.plan.end)
+    stage_now = setup.plan.stages[payload["state"].get("stage", 0)] if payload else setup.plan.stages[0]
     optimizer, scheduler = _optimizer_for(cfg, method, device, setup, stage_now)
     if payload:
         state = restore_checkpoint(payload, model, optimizer, scheduler, method)
@@ -199,25 +195,14 @@ def _prepare(cfg, task) -> Setup:
     splits = protocol_splits(task, cfg.data.dir, cfg.eval.protocol, cfg.data.get("revision"))
     cache = cfg.data.get("cache_dir")
     data = {name: encode(df, task, tokenizer, cfg.data.max_len, cache) for name, df in splits.items()}
-    n_train = len(data["train"])
-    steps_per_epoch, total_steps = run_length(cfg.train, n_train)
-    eval_every = cfg.train.eval_steps if cfg.train.eval_steps > 0 else steps_per_epoch
-    plan = stage_plan(cfg.get("scheduler"), total_steps, steps_per_epoch)
-    if len(plan) > 1:
+    plan = run_plan(cfg, len(data["train"]))
+    if plan.sparsifying:
         _check_scheduler(cfg)
         rows = memorization_rows(len(splits["train"]))
         data["memorization"] = encode(splits["train"].iloc[rows].reset_index(drop=True), task, tokenizer,
                                       cfg.data.max_len, cache)
     return Setup(data=data, pad_id=tokenizer.pad_token_id,
-                 pad_to=cfg.data.max_len if cfg.data.pad_to_max_len else None, steps_per_epoch=steps_per_epoch,
-                 total_steps=total_steps, eval_every=min(eval_every, total_steps), plan=plan,
-                 schedule=run_schedule(cfg.train, total_steps, n_train))
-
-
-def memorization_rows(n: int) -> np.ndarray:
-    """The release's memorization subset, ``train.shuffle(seed=42).select(range(1000))`` (``run_glue.py:664``):
-    ``datasets`` shuffles with ``np.random.default_rng(seed).permutation(n)``."""
-    return np.random.default_rng(SELECT_SEED).permutation(n)[:MEMORIZATION_ROWS]
+                 pad_to=cfg.data.max_len if cfg.data.pad_to_max_len else None, plan=plan)
 
 
 def _optimizer_for(cfg, method, device, setup: Setup, stage: Stage):
@@ -227,7 +212,7 @@ def _optimizer_for(cfg, method, device, setup: Setup, stage: Stage):
         length = stage.end - stage.start
         plan = schedule_plan("standard", cfg.train.warmup, length, 0, 1, 1)
         return make_optimizer_and_schedule(method, cfg.train, device, plan, cfg.method)
-    return make_optimizer_and_schedule(method, cfg.train, device, setup.schedule, cfg.method)
+    return make_optimizer_and_schedule(method, cfg.train, device, setup.plan.schedule, cfg.method)
 
 
 class _Training:
@@ -240,9 +225,9 @@ class _Training:
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         # train.compile: the training forward runs compiled; weights, evaluation and checkpoints use the module itself
         self.forward_model = torch.compile(model, dynamic=True) if cfg.train.get("compile") else model
-        self.sparsify = len(setup.plan) > 1
+        self.sparsify = setup.plan.sparsifying
         self.step = state["step"]
-        self.progress = _progress(setup.plan[-1].end, self.step, enabled=cfg.progress, desc=rid)
+        self.progress = _progress(setup.plan.end, self.step, enabled=cfg.progress, desc=rid)
         # the loss window since the last log line (restored on resume so logged means match an uninterrupted run)
         self.running_loss = torch.tensor(state.get("running_loss", 0.0), device=device)
         self.running_n = state.get("running_n", 0)
@@ -251,14 +236,13 @@ class _Training:
 
     def stages(self, optimizer, scheduler) -> None:
         cfg, state, train_set = self.cfg, self.state, self.setup.data["train"]
-        for stage in self.setup.plan:
+        for stage in self.setup.plan.stages:
             if stage.index < state["stage"] or self.step >= stage.end:
                 continue
             if stage.index > state["stage"]:  # entering a stage (a resumed run may already be inside it)
                 optimizer, scheduler = self._enter(stage, optimizer, scheduler)
-            stage_eval = min(self.setup.eval_every, stage.end - stage.start)
             while self.step < stage.end:
-                epoch, offset = divmod(self.step, self.setup.steps_per_epoch)
+                epoch, offset = divmod(self.step, self.setup.plan.steps_per_epoch)
                 batches = train_batches(len(train_set), train_set.lengths, cfg.train.batch_size, cfg.seed, epoch,
                                         cfg.data.group_by_length)
                 for idx in batches[offset:]:
@@ -268,7 +252,7 @@ class _Training:
                                            self.trainable, cfg.train.max_grad_norm, self.autocast)
                     self.step += 1
                     self._log_loss(loss, lrs, stage)
-                    if (self.step - stage.start) % stage_eval == 0 or self.step == stage.end:
+                    if self.setup.plan.is_eval_step(stage, self.step):
                         self._evaluate(stage, lrs)
                     self._maybe_checkpoint(optimizer, scheduler)
                     if self.step >= stage.end:
@@ -310,7 +294,7 @@ class _Training:
         with method.eval_context():
             point = _evaluate_all(cfg, task, self.model, s.data, s.pad_id, s.pad_to, self.device, self.autocast)
         ranks = method.ranks()
-        point.update(step=self.step, epoch=self.step / s.steps_per_epoch, stage=stage.index, lr=lrs,
+        point.update(step=self.step, epoch=self.step / s.plan.steps_per_epoch, stage=stage.index, lr=lrs,
                      loss=state.get("last_loss"), total_rank=sum(ranks.values()),
                      ranks_by_matrix=ranks_by_matrix(ranks), xi=getattr(getattr(method, "config", None), "xi", None),
                      nonzero_params=count_params(method, self.model.base_model.model.config.hidden_size)["retained"])
@@ -330,7 +314,7 @@ class _Training:
         if stage.index == 0 and (values := self.method.trace_point()) is not None:
             state.setdefault("trace", []).append({"step": self.step, "values": values})
         _append_jsonl(self.run_dir / "metrics.jsonl", point)
-        write_progress(self.run_dir, self.step, self.setup.plan[-1].end, select_key, point["select"][select_key])
+        write_progress(self.run_dir, self.step, self.setup.plan.end, select_key, point["select"][select_key])
         value = point["select"][select_key]
         best = state["best"]
         if stage.index == 0 and _better(value, None if best is None else best["select"][select_key]):
@@ -346,12 +330,12 @@ class _Training:
         t = self.cfg.train
         due = (t.save_steps > 0 and self.step % t.save_steps == 0) or (
             t.get("save_minutes", 0) > 0 and time.monotonic() - self.last_save >= 60 * t.save_minutes)
-        if (due or self.interrupts.requested) and self.step < self.setup.plan[-1].end:
+        if (due or self.interrupts.requested) and self.step < self.setup.plan.end:
             self.state.update(step=self.step, running_loss=self.running_loss.item(), running_n=self.running_n)
             save_checkpoint(self.run_dir / "checkpoint", self.model, optimizer, scheduler, self.method, self.state,
                             self.rid, elapsed=self.state["elapsed"] + time.time() - self.t0)
             self.last_save = time.monotonic()
-        if self.interrupts.requested and self.step < self.setup.plan[-1].end:  # at the end: just finish
+        if self.interrupts.requested and self.step < self.setup.plan.end:  # at the end: just finish
             log.info("interrupted by %s after step %d; checkpoint at step %d",
                      signal.Signals(self.interrupts.signum).name, self.step, self.step)
             self.progress.close()
@@ -377,12 +361,12 @@ def _finish(cfg, task, rid, fingerprint, run_dir, record_path, setup, method, mo
             t0) -> dict:
     """Load the (dense) best checkpoint, export it, count it, write the record."""
     extra = {}
-    if len(setup.plan) > 1:
+    if setup.plan.sparsifying:
         ref = state["best"]
         extra["curve"] = normalise_curve(state["curve_raw"], ref["report"][task.dev_splits[0]][task.main_metric],
                                          ref["memorization"][task.main_metric])
-        extra["scheduler"] = {"mode": cfg.scheduler.mode, "xis": [s.xi for s in setup.plan],
-                              "stage_steps": [s.end - s.start for s in setup.plan]}
+        extra["scheduler"] = {"mode": cfg.scheduler.mode, "xis": [s.xi for s in setup.plan.stages],
+                              "stage_steps": [s.end - s.start for s in setup.plan.stages]}
     if state["best_weights"] is not None:
         _load_weights(model, state["best_weights"], device)
         method.restore_snapshot(state.get("best_method_state"))
@@ -394,8 +378,8 @@ def _finish(cfg, task, rid, fingerprint, run_dir, record_path, setup, method, mo
     method.export(adapter_dir, _backbone_name(cfg))
     elapsed = state["elapsed"] + time.time() - t0
     record = _record(cfg, task, rid, fingerprint, state, ranks, params, elapsed, status="finished",
-                     schedule=getattr(method, "schedule", None), total_steps=setup.total_steps,
-                     n_warmup=setup.schedule.warmup, formulas=formulas(cfg, method, setup),
+                     schedule=getattr(method, "schedule", None), total_steps=setup.plan.total_steps,
+                     n_warmup=setup.plan.schedule.warmup, formulas=formulas(cfg, method, setup),
                      data={"fingerprint": fingerprint, "rows": {name: len(d) for name, d in setup.data.items()}},
                      runtime=runtime(cfg, device), **extra)
     method.annotate_record(record, state.get("trace", []))
@@ -412,7 +396,7 @@ def _finish(cfg, task, rid, fingerprint, run_dir, record_path, setup, method, mo
 def formulas(cfg, method, setup: Setup) -> dict:
     """Which formulas ran, so two runs that differ only here are never pooled."""
     out = {"optimizer": optimizer_kind(cfg.train, cfg.method), "schedule": cfg.train.get("schedule", "standard"),
-           **{f"schedule_{k}": v for k, v in setup.schedule.as_dict().items()}}
+           **{f"schedule_{k}": v for k, v in setup.plan.schedule.as_dict().items()}}
     sora_cfg = getattr(method, "config", None)
     if sora_cfg is not None:
         out.update(prox=sora_cfg.prox, threshold="xi" if sora_cfg.variant == "code" else "lr*xi",

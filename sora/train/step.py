@@ -9,11 +9,9 @@ transcription of the released SoRA step: there is no second copy of the step to 
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from sora.optim import SchedulePlan, build_optimizer, group_lrs, linear_schedule, optimizer_kind, schedule_plan
+from sora.optim import SchedulePlan, build_optimizer, group_lrs, linear_schedule, optimizer_kind
 
 
 def train_step(model, batch: dict, method, optimizer, scheduler, step: int, clip_params: list, max_grad_norm: float,
@@ -40,18 +38,6 @@ def make_optimizer(method, train_cfg, device: torch.device, method_cfg=None) -> 
     groups = method.param_groups(train_cfg.lr, train_cfg.weight_decay, train_cfg.adam_eps)
     kind = optimizer_kind(train_cfg, method_cfg or {})
     return build_optimizer(groups, train_cfg.adam_betas, device, kind)
-
-
-def run_length(train_cfg, n_train: int) -> tuple[int, int]:
-    """(steps per epoch, optimizer steps of the dense phase): epochs x ceil(n / bsz), as the Trainer loops."""
-    steps_per_epoch = math.ceil(n_train / train_cfg.batch_size)
-    total = train_cfg.max_steps if train_cfg.max_steps > 0 else math.ceil(steps_per_epoch * train_cfg.epochs)
-    return steps_per_epoch, total
-
-
-def run_schedule(train_cfg, run_steps: int, n_train: int) -> SchedulePlan:
-    return schedule_plan(train_cfg.get("schedule", "standard"), train_cfg.warmup, run_steps, n_train,
-                         train_cfg.batch_size, train_cfg.epochs)
 
 
 def make_optimizer_and_schedule(method, train_cfg, device, plan: SchedulePlan, method_cfg=None):
