@@ -271,6 +271,7 @@ class JobCost:
 def job_cost(cfg, overrides: list[str], splits: dict[str, SplitLengths]) -> JobCost:
     """The loop's own plan (``run_plan``: length, stages, evaluation cadence) over these splits' lengths."""
     from sora.train.plan import memorization_rows, run_plan
+    from sora.tuners.methods import method_class
 
     t, d = cfg.train, cfg.data
     pad_to = d.max_len if d.pad_to_max_len else None
@@ -290,7 +291,7 @@ def job_cost(cfg, overrides: list[str], splits: dict[str, SplitLengths]) -> JobC
     return JobCost(
         overrides=list(overrides), task=cfg.task.name, method=cfg.method.name, model=cfg.model.name,
         seed=int(cfg.seed),
-        rate_key=f"sora:{cfg.method.get('variant')}" if cfg.method.name == "sora" else cfg.method.name,
+        rate_key=method_class(cfg.method.name).rate_key(cfg.method),
         max_len=d.max_len, steps=steps, evals=n_evals,
         train={"ours": ours, "real": real, "static": rows * d.max_len, "rows": rows},
         eval={"ours": n_evals * e_ours, "real": n_evals * e_real, "static": n_evals * e_rows * d.max_len,

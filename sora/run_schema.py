@@ -11,7 +11,6 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from sora.schema import check_node, nonneg, positive, spec, unit_interval
-from sora.tuners.method_schemas import METHOD_SCHEMAS
 
 _OPTIMIZERS = Literal["auto", "adamw", "adamw_hf_legacy"]  # sora.optim.OPTIMIZERS (tested equal)
 _WARMUP = ">= 0 (< 1: a ratio of the steps, >= 1: steps)"
@@ -128,7 +127,7 @@ class RunSchema:
     task: TaskSchema = spec(default_factory=TaskSchema)
     model: ModelSchema = spec(default_factory=ModelSchema)
     hparams_set: dict = spec(default_factory=dict)  # picks conf/hparams/<set>/... files; its own node is empty
-    method: Any = None      # METHOD_SCHEMAS[method.name]
+    method: Any = None      # the registered method's own schema (Method.schema)
     scheduler: Any = None   # SCHEDULER_SCHEMAS[scheduler.name]
     logger: Any = None      # LOGGER_SCHEMAS[logger.name]
 
@@ -198,7 +197,9 @@ def check_run_schema(cfg, schema=RunSchema) -> None:
     """Every key of a composed run config (``RunSchema`` or ``SftSchema``) against its schema, the chosen
     groups against theirs."""
     check_node(cfg, schema)
-    _check_choice(cfg, "method", METHOD_SCHEMAS)
+    from sora.tuners.methods import METHODS
+
+    _check_choice(cfg, "method", {name: cls.schema for name, cls in METHODS.items()})
     _check_choice(cfg, "logger", LOGGER_SCHEMAS)
     if schema is RunSchema:
         _check_choice(cfg, "scheduler", SCHEDULER_SCHEMAS)

@@ -24,7 +24,7 @@ from sora.run_schema import (
     check_run_schema,
 )
 from sora.schema import check_node, positive, schema_defaults, spec
-from sora.tuners.method_schemas import METHOD_SCHEMAS
+from sora.tuners.methods import METHODS
 
 
 @dataclass
@@ -88,7 +88,8 @@ def _assert_defaults(yaml_values: dict, schema, where: str):
 
 def test_shipped_group_files_say_the_schema_defaults():
     """The yaml files are what users read and edit: they must say exactly the dataclasses' defaults."""
-    for name, schema in METHOD_SCHEMAS.items():
+    for name, cls in METHODS.items():
+        schema = cls.schema
         values = _raw(CONF_DIR / "method" / f"{name}.yaml")
         assert set(values) == {f.name for f in fields(schema)}, name
         _assert_defaults(values, schema, f"method/{name}.yaml")
@@ -123,7 +124,7 @@ def test_every_shipped_composition_passes():
     experiments = [None] + sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
     checked = 0
     for exp in experiments:
-        for method in METHOD_SCHEMAS:
+        for method in METHODS:
             overrides = [f"method={method}"] + ([f"experiment={exp}"] if exp else [])
             try:
                 cfg = load_config(overrides)

@@ -89,7 +89,7 @@ def test_retrain_trains_every_stage_with_a_fresh_schedule(tmp_path):
 
 
 def test_scheduler_refuses_combinations_that_cannot_work(tmp_path):
-    with pytest.raises(UserError, match="needs method=sora"):
+    with pytest.raises(UserError, match="needs a method with a threshold to raise, e.g. method=sora"):
         _run(tmp_path, "shrink_only", method=("method=lora",))
     with pytest.raises(UserError, match="paper variant's threshold"):
         _run(tmp_path, "shrink_only", method=("method=sora", "method.variant=paper"))

@@ -103,16 +103,16 @@ def plot_frontier(frame: pd.DataFrame, task: str, out_dir: str | Path) -> list[P
     import matplotlib.pyplot as plt
 
     from sora.results.plots import _save
+    from sora.tuners.methods import method_class
 
     if frame.empty or not frame["score"].notna().any():  # every run diverged: no point to place (the table says so)
         return []
     fig, ax = plt.subplots(figsize=(7.2, 4.6))
-    colors = {"sora": "tab:red", "lora": "tab:blue", "adalora": "tab:green"}
     positive = frame["params"][frame["params"] > 0]
     zero_x = positive.min() / 4 if len(positive) else 1.0  # a log axis has no 0: such points sit left of all others
     for method, g in frame.groupby("method"):
         g = g.dropna(subset=["score"]).sort_values("params")
-        color = colors.get(method, "tab:gray")
+        color = method_class(method).color
         x = g["params"].where(g["params"] > 0, zero_x)
         ax.errorbar(x, g["score"], yerr=g["score_std"].fillna(0), xerr=g["params_std"].fillna(0),
                     fmt="-o", ms=4, capsize=3, color=color, label=method)

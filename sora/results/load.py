@@ -24,6 +24,7 @@ import pandas as pd
 from sora.diagnostics.verdict import record_diagnostics
 from sora.errors import UserError
 from sora.records import CorruptRecord, current_identity, drop_launch_keys, read_record
+from sora.tuners.methods import method_class
 from sora.tuners.targets import matrix_type
 
 PAPER_MODEL = "deberta_v3_base"
@@ -103,26 +104,13 @@ def _short(v) -> str:
 
 
 def paper_key(rec: dict) -> str:
-    """The row of results/paper/table1.csv this run is compared with."""
-    m = rec["config"]["method"]
-    if rec["method"] == "sora":
-        return f"SoRA r_max={m['r_max']}"
-    if rec["method"] == "lora":
-        return f"LoRA r={m['r']}"
-    return "AdaLoRA"
+    """The row of results/paper/table1.csv this run is compared with (the method's own ``paper_key``)."""
+    return method_class(rec["method"]).paper_key(rec["config"]["method"])
 
 
 def method_label(rec: dict) -> str:
-    """'SoRA (r_max=8, code)', 'LoRA (r=8)', 'AdaLoRA (12->8)': the rows of Table 1."""
-    m = rec["config"]["method"]
-    if rec["method"] == "sora":
-        return f"SoRA (r_max={m['r_max']}, {m['variant']})"
-    if rec["method"] == "lora" and m.get("rank_pattern_from"):  # a control: its ranks come from a SoRA run
-        xi = f" xi={m['pattern_xi']}" if m.get("pattern_xi") is not None else ""
-        return f"LoRA ({m['rank_pattern_from']} pattern{xi})"
-    if rec["method"] == "lora":
-        return f"LoRA (r={m['r']}{', qv' if m.get('targets') == 'qv' else ''})"
-    return f"AdaLoRA ({m['init_r']}->{m['target_r']})"
+    """'SoRA (r_max=8, code)', 'LoRA (r=8)', 'AdaLoRA (12->8)': the rows of Table 1 (the method's own ``label``)."""
+    return method_class(rec["method"]).label(rec["config"]["method"])
 
 
 def load_records(results_dir: str | Path, pool_code: bool = False) -> Records:

@@ -54,7 +54,7 @@ from sora.train.interrupt import Interrupts, interruptible
 from sora.train.plan import RunPlan, memorization_rows, run_plan
 from sora.train.sparsify import Stage, normalise_curve
 from sora.train.step import make_optimizer_and_schedule, optimizer_kind, train_step
-from sora.tuners.methods import build_method, count_params
+from sora.tuners.methods import METHODS, build_method, count_params
 from sora.validate import validate_run_config
 
 log = logging.getLogger("sora")
@@ -450,9 +450,9 @@ def _load_weights(model, weights: dict, device) -> None:
 
 
 def _check_scheduler(cfg) -> None:
-    if cfg.method.name != "sora":
-        raise UserError(f"scheduler=sparsify needs method=sora (got method={cfg.method.name}); "
-                        f"or drop scheduler=sparsify")
+    if not METHODS[cfg.method.name].sparsifiable:
+        raise UserError(f"scheduler=sparsify needs a method with a threshold to raise, e.g. method=sora (got "
+                        f"method={cfg.method.name}); or drop scheduler=sparsify")
     if cfg.scheduler.mode == "shrink_only" and cfg.method.variant == "paper":
         raise UserError("scheduler.mode=shrink_only runs at lr 0, so the paper variant's threshold lr*xi is 0 "
                         "and nothing prunes; use method.variant=code or scheduler.mode=retrain")

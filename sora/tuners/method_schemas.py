@@ -53,5 +53,3 @@ class AdaLoraMethodSchema:
     head: str | None = "trainable"
     lora_dropout: float = spec(0.0, what="in [0, 1)", ok=unit_interval, example=0.0)
 
-
-METHOD_SCHEMAS = {"sora": SoraMethodSchema, "lora": LoraMethodSchema, "adalora": AdaLoraMethodSchema}

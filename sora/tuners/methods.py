@@ -19,7 +19,7 @@ from sora.errors import UserError
 from sora.optim import decay_groups
 from sora.schema import check_node
 from sora.tuners.heads import apply_head_policy, head_modules_to_save
-from sora.tuners.method_schemas import METHOD_SCHEMAS
+from sora.tuners.method_schemas import AdaLoraMethodSchema, LoraMethodSchema, SoraMethodSchema
 from sora.tuners.sora import step as sora_step
 from sora.tuners.sora.config import SoraConfig
 from sora.tuners.sora.export import export_pruned_adapter
@@ -35,11 +35,48 @@ from sora.tuners.sora.model import (
 )
 from sora.tuners.targets import target_regex
 
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls):
+    """A method plugs in by decorating its class: its name, config schema, checks, labels and hooks are its own,
+    and nothing outside its module compares method names."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+def method_class(name: str) -> type[Method]:
+    """The registered class; a record of a method this checkout does not have gets the base class's labels."""
+    return METHODS.get(name) or type(f"Unregistered_{name}", (Method,), {"name": name})
+
 
 class Method:
-    """Wraps a peft model; the loop calls these hooks in its fixed step order."""
+    """Wraps a peft model; the loop calls these hooks in its fixed step order. The class methods describe a run of
+    this method from its record's ``config.method`` alone (tables, plots, the cost estimate): no model needed."""
 
     name = "base"
+    schema = None          # the method node's dataclass (sora.tuners.method_schemas)
+    color = "tab:gray"     # its colour in the frontier plot
+    sparsifiable = False   # the sparsifying scheduler (Algorithm 1) can raise its threshold stage by stage
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        """Rules between keys of the method node (each key alone: ``schema``)."""
+
+    @classmethod
+    def label(cls, m: dict) -> str:
+        """Its row in Table 1 and the plots, e.g. 'LoRA (r=8)'."""
+        return cls.name
+
+    @classmethod
+    def paper_key(cls, m: dict) -> str:
+        """The row of results/paper/table1.csv it is compared with."""
+        return cls.name
+
+    @classmethod
+    def rate_key(cls, m: dict) -> str:
+        """Which measured step time (scripts/bench_step.py) prices it in the cost estimate."""
+        return cls.name
 
     def __init__(self, model):
         self.model = model
@@ -100,8 +137,28 @@ class Method:
         """What the method adds to its finished record (SoRA: its gate trace and the gate diagnostics)."""
 
 
+@register
 class SoraMethod(Method):
     name = "sora"
+    schema = SoraMethodSchema
+    color = "tab:red"
+    sparsifiable = True
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        sora_config(cfg)  # SoraConfig's own rules (the variant's defaults)
+
+    @classmethod
+    def label(cls, m):
+        return f"SoRA (r_max={m['r_max']}, {m['variant']})"
+
+    @classmethod
+    def paper_key(cls, m):
+        return f"SoRA r_max={m['r_max']}"
+
+    @classmethod
+    def rate_key(cls, m):
+        return f"sora:{m.get('variant')}"  # the bench times the variants apart
 
     def __init__(self, base_model, cfg, total_steps: int):
         self.config = sora_config(cfg)
@@ -153,8 +210,22 @@ def sora_config(cfg) -> SoraConfig:
                       gate_lr=cfg.get("gate_lr"), prox=cfg.get("prox"))
 
 
+@register
 class LoraMethod(Method):
     name = "lora"
+    schema = LoraMethodSchema
+    color = "tab:blue"
+
+    @classmethod
+    def label(cls, m):
+        if m.get("rank_pattern_from"):  # a control: its ranks come from a SoRA run
+            xi = f" xi={m['pattern_xi']}" if m.get("pattern_xi") is not None else ""
+            return f"LoRA ({m['rank_pattern_from']} pattern{xi})"
+        return f"LoRA (r={m['r']}{', qv' if m.get('targets') == 'qv' else ''})"
+
+    @classmethod
+    def paper_key(cls, m):
+        return f"LoRA r={m['r']}"
 
     def __init__(self, base_model, cfg, total_steps: int, rank_pattern: dict[str, int] | None = None):
         """``rank_pattern`` (module -> rank, e.g. what a SoRA run kept): a plain LoRA with those ranks, modules
@@ -180,8 +251,25 @@ class LoraMethod(Method):
         return {name: self.r for name, _ in lora_linears(self.model)}
 
 
+@register
 class AdaLoraMethod(Method):
     name = "adalora"
+    schema = AdaLoraMethodSchema
+    color = "tab:green"
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        if cfg.target_r > cfg.init_r:
+            raise UserError(f"method.target_r ({cfg.target_r}) must be <= method.init_r ({cfg.init_r}): AdaLoRA "
+                            f"only prunes; e.g. method.target_r={cfg.init_r}")
+
+    @classmethod
+    def label(cls, m):
+        return f"AdaLoRA ({m['init_r']}->{m['target_r']})"
+
+    @classmethod
+    def paper_key(cls, m):
+        return "AdaLoRA"
 
     def __init__(self, base_model, cfg, total_steps: int):
         tinit, tfinal, delta_t = adalora_schedule(cfg, total_steps)
@@ -302,9 +390,6 @@ def adalora_schedule(cfg, total_steps: int) -> tuple[int, int, int]:
     return tinit, tfinal, delta_t
 
 
-METHODS = {"sora": SoraMethod, "lora": LoraMethod, "adalora": AdaLoraMethod}
-
-
 def build_method(base_model, cfg, total_steps: int, **extra) -> Method:
     check_method_config(cfg)
     return METHODS[cfg.name](base_model, cfg, total_steps, **extra)
@@ -312,18 +397,15 @@ def build_method(base_model, cfg, total_steps: int, **extra) -> Method:
 
 def check_method_config(cfg) -> None:
     """Every value of the ``method`` node, before a model or a run folder exists: its schema
-    (``sora.tuners.method_schemas``), then what one key cannot say alone."""
+    (``Method.schema``), then what one key cannot say alone (``Method.check``)."""
     if cfg.name not in METHODS:
         raise UserError(f"unknown method {cfg.name!r}; valid: {', '.join(METHODS)}")
-    check_node(cfg, METHOD_SCHEMAS[cfg.name], "method.")
-    if cfg.name == "adalora" and cfg.target_r > cfg.init_r:
-        raise UserError(f"method.target_r ({cfg.target_r}) must be <= method.init_r ({cfg.init_r}): AdaLoRA only "
-                        f"prunes; e.g. method.target_r={cfg.init_r}")
+    cls = METHODS[cfg.name]
+    check_node(cfg, cls.schema, "method.")
     head_modules_to_save(_head(cfg))
     if isinstance(cfg.get("targets"), str) and cfg.targets != "auto":
         target_regex(cfg.targets)
-    if cfg.name == "sora":
-        sora_config(cfg)
+    cls.check(cfg)
 
 
 def count_params(method: Method, hidden_size: int) -> dict[str, int]:
