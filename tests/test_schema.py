@@ -152,3 +152,19 @@ def test_sft_refuses_bad_values_before_writing(override, message, tmp_path):
     with pytest.raises(UserError, match=re.escape(message)):
         run_sft(cfg)
     assert not (tmp_path / "res").exists()
+
+
+def test_the_real_cli_refuses_before_any_folder(tmp_path):
+    """Through Hydra's own entry point (which creates hydra.run.dir before our code runs): exit 2, one line, and
+    not even the results folder exists."""
+    import subprocess
+    import sys
+
+    from tests.conftest import GLUE_FIXTURE, ROOT
+
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "task=cola", "model=tiny",
+                          f"data.dir={GLUE_FIXTURE}", f"results_dir={tmp_path}/res", "seed=abc"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines() == ["error: seed must be an integer in [0, 2**32), got 'abc'; e.g. seed=0"]
+    assert list(tmp_path.iterdir()) == []
