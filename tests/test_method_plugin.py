@@ -94,3 +94,37 @@ def test_schema_unknown_method_is_one_line():
         cfg.method.name = "half_lora"
     with pytest.raises(UserError, match="unknown method 'half_lora'; valid: sora, lora, adalora"):
         check_method_config(cfg.method)
+
+
+def test_the_trainer_bridge_is_found_by_class_and_a_loss_term_needs_one(half_lora):
+    """SoRA's wiring is registered for its class (subclasses inherit it); a method whose loss has an extra term
+    and no bridge is refused in one line instead of silently training without the term."""
+    from sora.errors import UserError
+    from sora.sft import adapters
+
+    class Trainer:
+        callbacks: list = []
+
+        def add_callback(self, cb):
+            self.callbacks.append(cb)
+
+    lora = HalfLora.__new__(HalfLora)
+    lora.name = "half_lora"
+    trainer = Trainer()
+    adapters.attach_method(trainer, lora, None)
+    assert isinstance(trainer.callbacks[-1], adapters.MethodCallback)
+
+    class WithLoss(HalfLora):
+        def extra_loss(self):
+            return None
+
+    with pytest.raises(UserError, match="adds a loss term.*bridge\\(WithLoss\\)"):
+        adapters.attach_method(trainer, WithLoss.__new__(WithLoss), None)
+    seen = []
+    adapters.BRIDGES[WithLoss] = lambda t, m, r: seen.append(m)
+    try:
+        adapters.attach_method(trainer, WithLoss.__new__(WithLoss), None)
+    finally:
+        adapters.BRIDGES.pop(WithLoss)
+    assert len(seen) == 1
+    assert adapters.BRIDGES[methods.SoraMethod] is adapters._sora_bridge

@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from sora.errors import UserError
 from sora.hf_trainer import SoraCallback
 from sora.optim import build_optimizer, optimizer_kind
-from sora.tuners.methods import ADALORA_STATE, Method
+from sora.tuners.methods import ADALORA_STATE, Method, SoraMethod
 
 
 def method_optimizer(method: Method, args, train_cfg, method_cfg) -> torch.optim.Optimizer:
@@ -21,11 +22,31 @@ def method_optimizer(method: Method, args, train_cfg, method_cfg) -> torch.optim
     return build_optimizer(groups, (args.adam_beta1, args.adam_beta2), device, optimizer_kind(train_cfg, method_cfg))
 
 
+BRIDGES: dict[type, object] = {}  # method class -> fn(trainer, method, resume_dir); the generic one otherwise
+
+
+def bridge(method_class: type):
+    """Register a method's own Trainer wiring (keyed by class, found through subclasses: no name compares)."""
+    def register(fn):
+        BRIDGES[method_class] = fn
+        return fn
+    return register
+
+
+@bridge(SoraMethod)
+def _sora_bridge(trainer, method: Method, resume_dir: str | None) -> None:
+    SoraCallback.attach(trainer, export_dir=None)  # prox, L1, ranks in the logs; the run exports itself
+
+
 def attach_method(trainer, method: Method, resume_dir: str | None) -> None:
-    if method.name == "sora":
-        SoraCallback.attach(trainer, export_dir=None)  # prox, L1, ranks in the logs; the run exports itself
-    else:
-        trainer.add_callback(MethodCallback(method, resume_dir))
+    fn = next((BRIDGES[k] for k in type(method).__mro__ if k in BRIDGES), None)
+    if fn is not None:
+        fn(trainer, method, resume_dir)
+        return
+    if type(method).extra_loss is not Method.extra_loss:  # the generic callback cannot add a term to the loss
+        raise UserError(f"method {method.name} adds a loss term, which a stock Trainer does not compute; register "
+                        f"its Trainer wiring with sora.sft.adapters.bridge({type(method).__name__})")
+    trainer.add_callback(MethodCallback(method, resume_dir))
 
 
 class MethodCallback(TrainerCallback):
