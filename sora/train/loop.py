@@ -453,9 +453,7 @@ def _check_scheduler(cfg) -> None:
     if not METHODS[cfg.method.name].sparsifiable:
         raise UserError(f"scheduler=sparsify needs a method with a threshold to raise, e.g. method=sora (got "
                         f"method={cfg.method.name}); or drop scheduler=sparsify")
-    if cfg.scheduler.mode == "shrink_only" and cfg.method.variant == "paper":
-        raise UserError("scheduler.mode=shrink_only runs at lr 0, so the paper variant's threshold lr*xi is 0 "
-                        "and nothing prunes; use method.variant=code or scheduler.mode=retrain")
+    METHODS[cfg.method.name].check_scheduler(cfg.method, cfg.scheduler)
 
 
 def _better(value, best) -> bool:

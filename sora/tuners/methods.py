@@ -64,6 +64,10 @@ class Method:
         """Rules between keys of the method node (each key alone: ``schema``)."""
 
     @classmethod
+    def check_scheduler(cls, m, scheduler) -> None:
+        """The sparsifying scheduler's stage hook: refuse a combination that cannot prune (``sparsifiable`` only)."""
+
+    @classmethod
     def label(cls, m: dict) -> str:
         """Its row in Table 1 and the plots, e.g. 'LoRA (r=8)'."""
         return cls.name
@@ -147,6 +151,12 @@ class SoraMethod(Method):
     @classmethod
     def check(cls, cfg) -> None:
         sora_config(cfg)  # SoraConfig's own rules (the variant's defaults)
+
+    @classmethod
+    def check_scheduler(cls, m, scheduler) -> None:
+        if scheduler.mode == "shrink_only" and m.variant == "paper":
+            raise UserError("scheduler.mode=shrink_only runs at lr 0, so the paper variant's threshold lr*xi is 0 "
+                            "and nothing prunes; use method.variant=code or scheduler.mode=retrain")
 
     @classmethod
     def label(cls, m):
