@@ -22,13 +22,14 @@ def _wandb_file(results: Path) -> Path:
 
 def test_offline_wandb_history_holds_metrics_and_ranks_at_each_evaluation(tiny_overrides, monkeypatch):
     pytest.importorskip("wandb", reason="the optional extra: pip install 'sora-glue[wandb]'")
-    from tests.wandb_offline import exit_code, history
+    from tests.wandb_offline import exit_code, history, wait_for_exit
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     cfg = load_config(["task=cola", "method=sora", "logger=wandb", *tiny_overrides])
     record = train(cfg)
     path = _wandb_file(Path(cfg.results_dir))
+    wait_for_exit(path)
     rows = [r for r in history(path) if "select/mcc" in r]
     assert [r["_step"] for r in rows] == [e["step"] for e in record["evals"]] == [3, 6]
     for row, point in zip(rows, record["evals"]):
@@ -45,7 +46,7 @@ def test_a_failing_run_still_finishes_its_wandb_run(tiny_overrides, monkeypatch)
     import torch
 
     from sora.train import loop
-    from tests.wandb_offline import exit_code
+    from tests.wandb_offline import exit_code, wait_for_exit
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -60,7 +61,9 @@ def test_a_failing_run_still_finishes_its_wandb_run(tiny_overrides, monkeypatch)
     cfg = load_config(["task=cola", "method=sora", "logger=wandb", "train.log_steps=1", *tiny_overrides])
     with pytest.raises(UserError, match="non-finite loss"):
         train(cfg)
-    assert exit_code(_wandb_file(Path(cfg.results_dir))) == 1
+    path = _wandb_file(Path(cfg.results_dir))
+    wait_for_exit(path)
+    assert exit_code(path) == 1
 
 
 def test_logger_none_never_imports_wandb(tmp_path):

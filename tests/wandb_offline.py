@@ -53,3 +53,19 @@ def exit_code(path: Path) -> int | None:
         if rec.WhichOneof("record_type") == "exit":
             return rec.exit.exit_code
     return None
+
+
+def wait_for_exit(path: Path, timeout: float = 90.0) -> None:
+    """wandb's service appends a run's last records (the history flush, the exit record) to the file after
+    ``finish()`` has returned; under CPU load that takes seconds. Wait for the exit record (a chunk caught half
+    written does not parse: try again)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if exit_code(path) is not None:
+                return
+        except Exception:  # a record being written
+            pass
+        time.sleep(0.5)
