@@ -52,10 +52,8 @@ FRONTIER ?= frontier_minilm
 XIS_DEFAULT := 1e-4,1e-3,4e-3,8e-3,1e-2,1.2e-2
 XIS_cola := 1e-6,1e-5,1e-4,3e-4,1e-3,2e-3
 XIS ?= $(if $(XIS_$(TASK)),$(XIS_$(TASK)),$(XIS_DEFAULT))
-frontier: $(VENV)/.installed ## accuracy vs retained params: SoRA xi grid, LoRA r 1-8, AdaLoRA budgets (TASK=mrpc FRONTIER=frontier)
-	$(PY) scripts/train.py -m experiment=$(FRONTIER) task=$(TASK) method=lora method.r=1,2,4,8 $(ARGS)
-	$(PY) scripts/train.py -m experiment=$(FRONTIER) task=$(TASK) method=sora method.xi=$(XIS) $(ARGS)
-	$(PY) scripts/train.py -m experiment=$(FRONTIER) task=$(TASK) method=adalora method.target_r=2,4,8 $(ARGS)
+frontier: $(VENV)/.installed ## accuracy vs retained params: every registered method over its own budget (SoRA: the task's xi grid XIS) (TASK=mrpc FRONTIER=frontier)
+	$(PY) scripts/frontier.py experiment=$(FRONTIER) task=$(TASK) --budget sora=method.xi=$(XIS) $(ARGS)
 	$(PY) scripts/aggregate.py --results $$($(PY) -c "from sora.config import load_config as l; print(l(['experiment=$(FRONTIER)']).results_dir)") --tasks $(TASK) --pool-code
 
 EXPERIMENT ?= paper_table1

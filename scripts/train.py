@@ -12,6 +12,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from sora.cli import check_group_choices, exit_if_failures, run_cli  # noqa: E402
 from sora.config import CONF_DIR as CONF  # noqa: E402  (also registers ${repo_root:})
+from sora.config import register_hparams_fallbacks  # noqa: E402
 
 
 @hydra.main(config_path=str(CONF), config_name="train", version_base=None)
@@ -23,5 +24,6 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     check_group_choices(sys.argv[1:], CONF)
+    register_hparams_fallbacks()  # a method with no hparams file of its own: its set's recipe
     main()
     exit_if_failures()

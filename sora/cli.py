@@ -23,7 +23,9 @@ def check_group_choices(argv: list[str], conf_dir: Path) -> None:
         key = key.lstrip("+~")
         if not sep or key not in GROUPS:
             continue
-        valid = sorted(p.stem for p in (conf_dir / key).glob("*.yaml"))
+        from sora.config import group_choices
+
+        valid = group_choices(key, conf_dir)
         for choice in value.split(","):  # multirun lists
             if choice and choice != "null" and choice not in valid:
                 _die(f"unknown {key} {choice!r}; valid: {', '.join(valid)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +22,36 @@ if not OmegaConf.has_resolver("mul"):
 if not OmegaConf.has_resolver("per_task"):
     OmegaConf.register_new_resolver("per_task", lambda task, table, default: table.get(task, default))
 
+# method: ${methods:} in an experiment's sweep: every method this checkout has (a new plugin joins the sweep)
+if not OmegaConf.has_resolver("methods"):
+    OmegaConf.register_new_resolver("methods", lambda: ",".join(method_choices()))
+
+
+def method_choices(conf_dir: Path = CONF_DIR) -> list[str]:
+    """Every ``method=`` choice: ``conf/method/*.yaml`` and method nodes stored in Hydra's ConfigStore (a plugin
+    defined outside the repo's files, e.g. in a test)."""
+    return group_choices("method", conf_dir)
+
+
+def group_choices(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
+    """A group's yaml files and the nodes a plugin stored for it in Hydra's ConfigStore."""
+    stored = ConfigStore.instance().repo.get(group, {})
+    return sorted({p.stem for p in (conf_dir / group).glob("*.yaml")} | {n.removesuffix(".yaml") for n in stored})
+
+
+def register_hparams_fallbacks(conf_dir: Path = CONF_DIR) -> None:
+    """``hparams: ${hparams_set}/${task}/${method}`` needs a file per method: where a set has none for a method, its
+    task's ``recipe.yaml`` (the settings the set's methods share) stands in, so a new method needs no hparams file.
+    A set without recipes (``sora_authors_lora``: LoRA only) gets no fallback."""
+    store = ConfigStore.instance()
+    for recipe in sorted((conf_dir / "hparams").glob("*/*/recipe.yaml")):
+        group = recipe.parent.relative_to(conf_dir).as_posix()
+        for name in method_choices(conf_dir):
+            if not (recipe.parent / f"{name}.yaml").exists():
+                store.store(group=group, name=name, node={"defaults": [f"/{group}/recipe"]}, package="_global_")
+
 
 def load_config(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
+    register_hparams_fallbacks()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         return compose(config_name=config_name, overrides=list(overrides or []))

@@ -68,8 +68,9 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from sora.config import CONF_DIR
+    from sora.config import CONF_DIR, register_hparams_fallbacks
 
+    register_hparams_fallbacks()
     parser = OverridesParser.create()
     parsed = _hydra_call(parser.parse_overrides, overrides)
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
@@ -84,8 +85,9 @@ def compose_jobs(jobs: list[list[str]]) -> list:
     """Each job's config, composed as the launcher composes it (one Hydra context for all)."""
     from hydra import compose, initialize_config_dir
 
-    from sora.config import CONF_DIR
+    from sora.config import CONF_DIR, register_hparams_fallbacks
 
+    register_hparams_fallbacks()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         return [_hydra_call(compose, config_name="train", overrides=job) for job in jobs]
 

@@ -20,9 +20,11 @@ from pathlib import Path
 
 from sora.errors import UserError
 from sora.records import CorruptRecord, current_identity, identity, read_record
+from sora.schema import literal_choices
+from sora.tuners.lora import LoraMethodSchema
 from sora.tuners.targets import matrix_type
 
-SOURCES = ("sora", "random")
+SOURCES = literal_choices(LoraMethodSchema, "rank_pattern_from")  # one list: the schema's Literal
 
 
 def sora_rank_pattern(cfg, fingerprint: str | None) -> dict[str, int]:

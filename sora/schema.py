@@ -130,3 +130,8 @@ def _choices(tp) -> tuple:
         if typing.get_origin(t) is typing.Literal:
             return typing.get_args(t)
     return ()
+
+
+def literal_choices(schema, key: str) -> tuple:
+    """The values a ``Literal`` field allows (the one list code that dispatches on the key reads)."""
+    return tuple(c for c in _choices(typing.get_type_hints(schema)[key]) if c is not None)

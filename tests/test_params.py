@@ -8,7 +8,9 @@ import torch
 from omegaconf import OmegaConf
 from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 
-from sora.tuners.methods import LoraMethod, SoraMethod, count_params
+from sora.tuners.lora import LoraMethod
+from sora.tuners.methods import count_params
+from sora.tuners.sora.method import SoraMethod
 
 CONFIG = json.loads((Path(__file__).parent / "fixtures" / "deberta_v3_base_config.json").read_text())
 

@@ -7,8 +7,8 @@ import torch
 from omegaconf import OmegaConf
 
 from sora.optim import build_optimizer
-from sora.tuners.methods import SoraMethod
 from sora.tuners.sora.layer import soft_threshold_
+from sora.tuners.sora.method import SoraMethod
 from tests.conftest import tiny_base
 
 

@@ -1,4 +1,4 @@
-"""The typed config schema (sora.schema, sora.run_schema, sora.tuners.method_schemas): its rules on hand-made
+"""The typed config schema (sora.schema, sora.run_schema, each method module): its rules on hand-made
 values, the shipped yaml files held to its defaults, every shipped composition accepted, the SFT entry point."""
 
 from __future__ import annotations

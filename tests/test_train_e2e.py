@@ -144,7 +144,7 @@ def test_cls_dropout_sets_only_the_dropout_before_the_classifier():
 
 def test_wnli_adalora_schedule_fits_its_run():
     """WNLI copies RTE's tinit/tfinal, so it must also take RTE's ref_steps: 635 rows, bsz 32, 50 epochs."""
-    from sora.tuners.methods import adalora_schedule
+    from sora.tuners.adalora import adalora_schedule
 
     cfg = load_config(["task=wnli", "method=adalora"])
     total = -(-635 // 32) * 50

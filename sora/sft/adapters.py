@@ -12,7 +12,9 @@ from transformers import TrainerCallback
 from sora.errors import UserError
 from sora.hf_trainer import SoraCallback
 from sora.optim import build_optimizer, optimizer_kind
-from sora.tuners.methods import ADALORA_STATE, Method, SoraMethod
+from sora.tuners.adalora import ADALORA_STATE
+from sora.tuners.methods import Method
+from sora.tuners.sora.method import SoraMethod
 
 
 def method_optimizer(method: Method, args, train_cfg, method_cfg) -> torch.optim.Optimizer:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -34,7 +35,7 @@ from sora.sft.adapters import attach_method, method_optimizer
 from sora.sft.data import Collator, eos_id, fingerprint, load_sft_data
 from sora.sft.model import load_causal_lm
 from sora.sft.ranks import plot_rank_grid, rank_grid
-from sora.tuners.methods import build_method, count_params
+from sora.tuners.methods import Batches, build_method, count_params
 from sora.validate import validate_device
 
 
@@ -121,6 +122,9 @@ def _train(cfg, rid: str, run_dir: Path, data_fingerprint: str) -> dict:
         method.model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need grads
     eval_bsz = args.per_device_eval_batch_size
     before = token_perplexity(method.model.to(args.device), data.eval, collator, eval_bsz)
+    if method.data_batches:  # a data-driven init (EVA) on the first training batches, before the optimizer
+        loader = DataLoader(data.train, batch_size=args.per_device_train_batch_size, collate_fn=collator)
+        method.init_from_data(Batches(loader, args.device, method.data_batches))
     trainer = Trainer(model=method.model, args=args, train_dataset=data.train, eval_dataset=data.eval,
                       data_collator=collator, optimizers=(method_optimizer(method, args, cfg.train, cfg.method), None))
     checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None

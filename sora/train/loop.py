@@ -54,7 +54,7 @@ from sora.train.interrupt import Interrupts, interruptible
 from sora.train.plan import RunPlan, memorization_rows, run_plan
 from sora.train.sparsify import Stage, normalise_curve
 from sora.train.step import make_optimizer_and_schedule, optimizer_kind, train_step
-from sora.tuners.methods import METHODS, build_method, count_params
+from sora.tuners.methods import METHODS, Batches, build_method, count_params
 from sora.validate import validate_run_config
 
 log = logging.getLogger("sora")
@@ -152,6 +152,8 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path, tracker, fingerp
     for warning in method.config_warnings(cfg):
         log.warning("%s", warning)
         print(f"[sora] {rid}: warning: {warning}", flush=True)
+    if method.data_batches:  # a data-driven init (EVA), before the optimizer sees the parameters
+        method.init_from_data(Batches(_first_batches(cfg, setup), device, method.data_batches, drop=("labels",)))
 
     state = {"step": 0, "stage": 0, "evals": [], "best": None, "best_weights": None, "elapsed": 0.0, "curve_raw": [],
              "trace": []}
@@ -188,6 +190,14 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path, tracker, fingerp
                             f"steps")
         return _finish(cfg, task, rid, fingerprint, run_dir, record_path, setup, method, model, device, hidden,
                        tracker, state, t0)
+
+
+def _first_batches(cfg, setup: Setup):
+    """The first epoch's training batches in the order training will see them."""
+    train_set = setup.data["train"]
+    for idx in train_batches(len(train_set), train_set.lengths, cfg.train.batch_size, cfg.seed, 0,
+                             cfg.data.group_by_length):
+        yield train_set.batch(idx, setup.pad_id, setup.pad_to)
 
 
 def _prepare(cfg, task) -> Setup:

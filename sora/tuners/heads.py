@@ -33,3 +33,8 @@ def apply_head_policy(model: torch.nn.Module, head: str) -> None:
     for name, param in model.named_parameters():
         if "modules_to_save" in name:
             param.requires_grad_(False)
+
+
+def method_head(cfg) -> str:
+    """The method node's head policy; a causal LM (no ``head`` key in its config) trains only the adapters."""
+    return cfg.get("head") or "none"
