@@ -130,8 +130,8 @@ def smoke_costs():
 
 
 def test_smoke_sweep_by_hand(smoke_costs, minilm_tokenizer):
-    """experiment=smoke: 2 tasks x every registered method; 12 steps of batch 8 on 240 rows, eval every 6 steps on 120 dev rows
-    (select and report/validation: the same rows twice), max_len 64."""
+    """experiment=smoke: 2 tasks x every registered method; 12 steps of batch 8 on 240 rows, eval every 6 steps on
+    120 dev rows (select and report/validation: the same rows twice), max_len 64."""
     jobs, cfgs, costs = smoke_costs
     from sora.config import method_choices
 
