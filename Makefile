@@ -33,7 +33,7 @@ lint: $(VENV)/.installed ## ruff
 train: $(VENV)/.installed ## one run: make train ARGS="task=mrpc method=sora model=minilm data.dir=data/glue_sample"
 	$(PY) scripts/train.py $(ARGS)
 
-smoke: $(VENV)/.installed ## the smoke sweep on the tiny model (2 tasks x 3 methods)
+smoke: $(VENV)/.installed ## the smoke sweep on the tiny model (2 tasks x every registered method)
 	$(PY) scripts/train.py -m experiment=smoke results_dir=$(RESULTS)/smoke
 
 reproduce: $(VENV)/.installed ## paper settings for one task: SoRA, LoRA, AdaLoRA x 5 seeds, then its table (TASK=cola)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sora.cli import check_group_choices, run_cli
-from sora.config import CONF_DIR, load_config
+from sora.config import CONF_DIR, group_choices, load_config
 from sora.train.loop import train
 from tests.conftest import GLUE_FIXTURE, ROOT
 
@@ -50,7 +50,7 @@ def _table(tmp_path, task, split, text):
 
 CASES = {
     "unknown_task": (["task=colaa"], "unknown task 'colaa'; valid: cola"),
-    "unknown_method": (["method=loraa"], "unknown method 'loraa'; valid: adalora, lora, sora"),
+    "unknown_method": (["method=loraa"], "unknown method 'loraa'; valid: " + ", ".join(group_choices("method"))),
     "unknown_model": (["model=bert"], "unknown model 'bert'; valid: deberta_v3_base, minilm, tiny"),
     "unknown_experiment": (["experiment=nope"], "unknown experiment 'nope'"),
     "r_max_zero": (["method.r_max=0"], "method.r_max must be a positive integer"),
