@@ -24,8 +24,9 @@ install: $(VENV)/.installed ## make .venv: CPU torch (TORCH=... for another buil
 demo: $(VENV)/.installed ## the main job: SoRA vs LoRA vs AdaLoRA on real MiniLM weights, offline, CPU, < 10 min
 	$(PY) scripts/demo.py
 
+TEST_WORKERS ?= 4  # pytest-xdist workers at most (one per core below that)
 test: $(VENV)/.installed ## the test suite + the notebooks (offline, CPU, a few minutes)
-	SORA_RESULTS_DIR=$(CURDIR)/tests/fixtures/results MPLBACKEND=Agg $(PY) -m pytest -q --nbmake tests notebooks
+	SORA_RESULTS_DIR=$(CURDIR)/tests/fixtures/results MPLBACKEND=Agg $(PY) -m pytest -q -n auto --maxprocesses=$(TEST_WORKERS) --nbmake tests notebooks
 
 lint: $(VENV)/.installed ## ruff
 	$(PY) -m ruff check .
