@@ -47,7 +47,15 @@ from sora.train.loop import autocast_factory  # noqa: E402  (the run's own preci
 from sora.train.step import make_optimizer_and_schedule, train_step  # noqa: E402
 from sora.tuners.methods import build_method  # noqa: E402
 
-SPECS = {"sora": METHODS["sora_paper_r8"], "lora": METHODS["lora_r8"], "adalora": METHODS["adalora_12to8"]}
+# each SoRA variant beside LoRA under the same optimizer: the paper variant with torch AdamW (fused on CUDA), the
+# code variant (L1 term, release prox) with the release's legacy AdamW, as the CLI runs it; AdaLoRA at its
+# scripts' deltaT (10: the budget mask every 10 steps, its sensitivity update every step), not its worst case 1
+SPECS = {"sora": METHODS["sora_paper_r8"], "lora": METHODS["lora_r8"], "sora_code": METHODS["sora_code_r8"],
+         "lora_legacy": METHODS["lora_r8"], "adalora": {**METHODS["adalora_12to8"], "deltaT": 10}}
+OPTIMIZER = {"lora_legacy": "adamw_hf_legacy"}  # the others: train.optimizer=auto (code variant -> legacy)
+PAIRS = {"sora_over_lora": ("sora", "lora"), "sora_code_over_lora_legacy": ("sora_code", "lora_legacy"),
+         "sora_over_adalora": ("sora", "adalora")}
+CLI_METHODS = ("sora", "lora", "adalora")  # the real CLI, each method at its conf/method defaults
 PRECISIONS = ("fp32", "bf16")
 COMPILES = ("off", "on")
 BASE_CONFIG = ROOT / "tests" / "fixtures" / "deberta_v3_base_config.json"
@@ -111,6 +119,7 @@ class Runner:
         self.model = self.method.model.to(device)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         train_cfg = OmegaConf.load(ROOT / "conf" / "train.yaml").train
+        train_cfg.optimizer = OPTIMIZER.get(method, train_cfg.optimizer)
         plan = schedule_plan("standard", train_cfg.warmup, total, 0, 1, 1)
         self.optimizer, self.scheduler = make_optimizer_and_schedule(self.method, train_cfg, device, plan,
                                                                      OmegaConf.create(SPECS[method]))
@@ -165,6 +174,21 @@ def count_syncs(runner: Runner, batch: dict) -> dict:
     return {"syncs": len(hits), "sync_sites": sites[:8]}
 
 
+def launches(runner: Runner, batch: dict) -> dict:
+    """Work items of one step, counted by the profiler: CUDA kernels on a GPU (what a host-bound step pays per
+    launch); on CPU the aten ops it dispatches (scripts/bench_ops.py counts those exactly)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = runner.device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]) as prof:
+        runner.step(batch)
+    events = prof.events()
+    if cuda:
+        return {"kernels": sum(1 for e in events if e.device_type == DeviceType.CUDA)}
+    return {"kernels": "n/a", "cpu_ops": sum(1 for e in events if e.name.startswith("aten::"))}
+
+
 def site_path(filename: str) -> str:
     """A sync site's file as its import path (``torch/cuda/__init__.py``, ``sora/train/step.py``): a bare
     ``__init__.py`` named a dozen files (the H200 check's SoRA-only site was torch.cuda's sync-debug toggle)."""
@@ -205,7 +229,9 @@ def time_group(group: tuple, args, device: torch.device, batch: dict) -> tuple[d
             cells[m] = {"error": error_text(exc)}
     times = {m: [] for m in runners}
     for rep in range(args.warmup - 1 + args.repeats):
-        for m, runner in list(runners.items()):
+        order = list(runners.items())
+        order = order[rep % len(order):] + order[:rep % len(order)] if order else order  # rotated: no fixed first
+        for m, runner in order:
             try:
                 t = runner.step(batch)
             except Exception as exc:
@@ -223,6 +249,10 @@ def time_group(group: tuple, args, device: torch.device, batch: dict) -> tuple[d
             cells[m].update(count_syncs(runner, batch), peak_mb=peak_step(runner, batch))
         except Exception as exc:
             cells[m].update(syncs=error_text(exc), peak_mb="n/a")
+        try:
+            cells[m].update(launches(runner, batch))
+        except Exception as exc:
+            cells[m].update(kernels=error_text(exc))
     del runners
     release(device)
     return cells, times
@@ -273,8 +303,7 @@ def run_step_groups(result: dict, compiled: str, args, device, batch, clock, sav
             result["cells"][key(m, *group)] = cell
             print(f"  {m}: " + (f"{cell['step_ms']:.1f} ms, syncs {cell['syncs']}" if "step_ms" in cell
                                 else cell["error"]), flush=True)
-        result["ratios"][key(*group)] = {"sora_over_lora": paired(times, "sora", "lora"),
-                                         "sora_over_adalora": paired(times, "sora", "adalora")}
+        result["ratios"][key(*group)] = {name: paired(times, a, b) for name, (a, b) in PAIRS.items()}
         save()
 
 
@@ -380,7 +409,7 @@ def run_cli(result: dict, args, device: torch.device, clock: Clock, save) -> Non
     """The CLI runs, method x precision; each skipped (and said so) when the budget would not hold it."""
     tokenizer = result["tokenizer"]["source"]
     with tempfile.TemporaryDirectory(prefix="gpu_check_cli_") as tmp:
-        for method in SPECS:
+        for method in CLI_METHODS:
             for precision in PRECISIONS:
                 k = key(method, precision)
                 estimate = clock.estimate("cli", args.min_cli_s)
@@ -440,6 +469,8 @@ def targets(result: dict) -> dict:
             "sora_over_lora": r, "sora_syncs": syncs, "sora_own_syncs": own,
             "sora_own_sites": sorted(set(sora.get("sync_sites", [])) - set(lora.get("sync_sites", []))),
             "ratio_ok": None if r is None or not gpu else r <= result["settings"]["ratio_target"],
+            "sora_code_over_lora_legacy": (code := ratio.get("sora_code_over_lora_legacy")),
+            "code_ratio_ok": None if code is None or not gpu else code <= result["settings"]["ratio_target"],
             "syncs_ok": syncs == 0 if gpu and isinstance(syncs, int) else None,
             "own_syncs_ok": None if own is None else own <= 0}
     return out
@@ -484,22 +515,25 @@ def markdown(result: dict) -> str:
              f"Check wall time {result['runtime_s']:.0f} s{'' if result['complete'] else ' (INCOMPLETE)'}.", "",
              "## Train step (sora.train.step.train_step)", "",
              "| method | precision | attention | compile | step ms | tokens/s | peak MiB | host syncs/step "
-             "| first step s |", "|---|---|---|---|---|---|---|---|---|"]
+             "| kernels/step | first step s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for k, c in result["cells"].items():
         row = " | ".join(k.split("|"))
         if "error" in c:
-            lines.append(f"| {row} | {c['error']} | | | | |")
+            lines.append(f"| {row} | {c['error']} | | | | | |")
         else:
             lines.append(f"| {row} | {c['step_ms']:.1f} | {c['tokens_per_s']:.0f} | {fmt(c['peak_mb'], '.0f')} | "
-                         f"{fmt(c['syncs'], 'd')} | {c['first_step_s']:.2f} |")
+                         f"{fmt(c['syncs'], 'd')} | {fmt(c.get('kernels'), 'd')} | {c['first_step_s']:.2f} |")
     lines += ["", f"## SoRA / LoRA and SoRA / AdaLoRA (paired, median of per-repeat ratios); targets on "
               f"{'this GPU' if d['type'] == 'cuda' else 'a GPU only (n/a here)'}", "",
               f"| precision | attention | compile | SoRA/LoRA | ≤ {result['settings']['ratio_target']} "
+              f"| SoRA code/LoRA (legacy AdamW) | ≤ {result['settings']['ratio_target']} "
               "| SoRA/AdaLoRA | SoRA host syncs | 0 syncs | beyond LoRA's (sites) | 0 beyond LoRA |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for group, t in result["targets"].items():
         lines.append(f"| {' | '.join(group.split('|'))} | {fmt(t['sora_over_lora'], '.3f')} | "
-                     f"{verdict(t['ratio_ok'])} | {fmt(result['ratios'][group]['sora_over_adalora'], '.3f')} | "
+                     f"{verdict(t['ratio_ok'])} | {fmt(t.get('sora_code_over_lora_legacy'), '.3f')} | "
+                     f"{verdict(t.get('code_ratio_ok'))} | "
+                     f"{fmt(result['ratios'][group].get('sora_over_adalora'), '.3f')} | "
                      f"{fmt(t['sora_syncs'], 'd')} | {verdict(t['syncs_ok'])} | {own_syncs(t)} | "
                      f"{verdict(t.get('own_syncs_ok'))} |")
     sites = sorted({site for c in result["cells"].values() for site in c.get("sync_sites", [])})
@@ -513,7 +547,7 @@ def markdown(result: dict) -> str:
         peak = (c.get("peak_memory_mb") or {}).get("cuda")
         lines.append(f"| {' | '.join(k.split('|'))} | {what} | {c.get('steps', '')} | {fmt(c.get('wall_s'))} | "
                      f"{fmt(peak, '.0f')} |")
-    lines += ["", NOTES]
+    lines += ["", NOTES if "sora_code" in result["settings"].get("methods", {}) else NOTES_BEFORE_ISSUE_26]
     if result["settings"].get("compile_mode") == "reduce-overhead":
         lines += ["", "Under `reduce-overhead` a compiled step's activations live in the CUDA-graph pool allocated at "
                   "capture (before the peak counter is reset), so its peak MiB is resident state only: not "
@@ -521,11 +555,21 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-NOTES = ("Methods as in scripts/bench_step.py: LoRA r=8, SoRA r_max=8 (paper variant), AdaLoRA 12->8 with its "
-         "budget step every step (its worst case), all six matrices per layer, trainable head. Peak MiB = the "
+NOTES = ("Methods as in scripts/bench_step.py: LoRA r=8 (torch AdamW; `lora_legacy`: the release's legacy AdamW), "
+         "SoRA r_max=8 (`sora`: paper variant, torch AdamW; `sora_code`: code variant with its L1 term, release prox "
+         "and legacy AdamW, as the CLI runs it), AdaLoRA 12->8 at its scripts' deltaT 10, all six matrices per "
+         "layer, trainable head; the methods of a group step in turn, the order rotated every repeat. Kernels/step: "
+         "the profiler's CUDA kernels in one step (n/a on CPU). Peak MiB = the "
          "model's weights, buffers and optimizer state + the step's transient peak (a standalone run's peak). "
          "Host syncs: torch.cuda.set_sync_debug_mode('warn') during one whole step (n/a on CPU). First step = "
          "compilation / autotuning included. Produced by scripts/gpu_check.sh (scripts/bench_gpu.py).")
+# what a check saved before the code variant joined measured (kept so re-rendering an old JSON does not relabel it)
+NOTES_BEFORE_ISSUE_26 = (
+    "Methods as in scripts/bench_step.py: LoRA r=8, SoRA r_max=8 (paper variant), AdaLoRA 12->8 with its "
+    "budget step every step (its worst case), all six matrices per layer, trainable head; SoRA stepped first in "
+    "every repeat. Peak MiB = the model's weights, buffers and optimizer state + the step's transient peak (a "
+    "standalone run's peak). Host syncs: torch.cuda.set_sync_debug_mode('warn') during one whole step (n/a on "
+    "CPU). First step = compilation / autotuning included. Produced by scripts/gpu_check.sh (scripts/bench_gpu.py).")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -596,7 +640,7 @@ def new_result(args, tokenizer: tuple) -> dict:
             # every cell exists from the start: a check stopped by its TIMEOUT still has a complete table
             "cells": {key(m, p, a, c): dict(NOT_REACHED) if m in args.methods else dict(NOT_SELECTED)
                       for p, a, c in step_groups("off") + step_groups("on") for m in SPECS},
-            "ratios": {}, "cli": {key(m, p): dict(NOT_REACHED) for m in SPECS for p in PRECISIONS},
+            "ratios": {}, "cli": {key(m, p): dict(NOT_REACHED) for m in CLI_METHODS for p in PRECISIONS},
             "targets": {}, "runtime_s": 0.0, "complete": False}
 
 
@@ -657,7 +701,7 @@ def main(argv=None) -> dict:
     batch = make_batch(args.shape, args.batch, args.seq, args.device)
     run_step_groups(result, "off", args, args.device, batch, clock, save)
     if args.no_cli:
-        result["cli"] = {key(m, p): {"error": "skipped: --no-cli"} for m in SPECS for p in PRECISIONS}
+        result["cli"] = {key(m, p): {"error": "skipped: --no-cli"} for m in CLI_METHODS for p in PRECISIONS}
     else:
         run_cli(result, args, args.device, clock, save)
     run_step_groups(result, "on", args, args.device, batch, clock, save)

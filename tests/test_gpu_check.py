@@ -11,7 +11,8 @@ import pytest
 
 from tests.conftest import ROOT
 
-METHODS, PRECISIONS = ("sora", "lora", "adalora"), ("fp32", "bf16")
+METHODS = ("sora", "lora", "sora_code", "lora_legacy", "adalora")  # each SoRA variant beside LoRA, same optimizer
+CLI_METHODS, PRECISIONS = ("sora", "lora", "adalora"), ("fp32", "bf16")
 ATTENTIONS, COMPILES = ("eager", "disentangled_flash"), ("off", "on")
 TINY = ["--device", "cpu", "--shape", "tiny", "--warmup", "1", "--repeats", "1", "--threads", "1"]
 
@@ -32,7 +33,7 @@ def check_cells(result: dict) -> None:
             name
         if "step_ms" in cell:
             assert cell["syncs"] == "n/a" and cell["peak_mb"] == "n/a" and cell["tokens_per_s"] > 0  # CPU
-    assert set(result["cli"]) == {f"{m}|{p}" for m in METHODS for p in PRECISIONS}
+    assert set(result["cli"]) == {f"{m}|{p}" for m in CLI_METHODS for p in PRECISIONS}
     assert set(result["ratios"]) == set(result["targets"])
 
 
@@ -47,6 +48,46 @@ def test_cpu_smoke_writes_every_cell(tmp_path):
     assert all("step_ms" in c for c in eager), eager  # the default path must run, not just be recorded
     assert result["cells"]["sora|fp32|eager|on"]["error"] == "skipped: --no-compile"
     assert all(t["ratio_ok"] is None and t["syncs_ok"] is None for t in result["targets"].values())  # GPU targets
+    module = bench_gpu()
+    for group, ratios in result["ratios"].items():
+        assert set(ratios) == set(module.PAIRS), group
+    assert result["ratios"]["fp32|eager|off"]["sora_code_over_lora_legacy"] > 0
+    for c in eager:
+        assert c["kernels"] == "n/a" and c["cpu_ops"] > 100  # the profiler's aten ops of one step on CPU
+    assert "SoRA code/LoRA (legacy AdamW)" in (tmp_path / "gpu_cpu_smoke.md").read_text()
+
+
+def test_each_sora_variant_is_timed_beside_lora_under_its_own_optimizer_in_rotating_order(monkeypatch):
+    """The code variant with the release's legacy AdamW beside LoRA with the same one; AdaLoRA at its scripts'
+    deltaT; and no method always steps first (the first of a group pays for what the one before left behind)."""
+    module = bench_gpu()
+    args = module.parse_args([*TINY, "--no-cli", "--no-compile"])
+    args.shape, args.warmup, args.repeats = "tiny", 1, 1
+    import torch
+
+    kinds = {m: type(module.Runner(m, "fp32", "eager", False, args, torch.device("cpu")).optimizer).__name__
+             for m in ("sora", "lora", "sora_code", "lora_legacy")}
+    assert kinds["sora_code"] == kinds["lora_legacy"] == "LegacyAdamW" and kinds["sora"] == kinds["lora"] != kinds[
+        "lora_legacy"]
+    assert module.SPECS["adalora"]["deltaT"] == 10
+    order = []
+
+    class Fake:
+        def __init__(self, m, *a):
+            self.m = m
+
+        def step(self, batch):
+            order.append(self.m)
+            return 1.0
+
+    monkeypatch.setattr(module, "Runner", Fake)
+    monkeypatch.setattr(module, "count_syncs", lambda r, b: {"syncs": "n/a"})
+    monkeypatch.setattr(module, "peak_step", lambda r, b: "n/a")
+    monkeypatch.setattr(module, "launches", lambda r, b: {"kernels": "n/a"})
+    args.methods, args.warmup, args.repeats = ["a", "b", "c"], 1, 3
+    module.time_group(("fp32", "eager", "off"), args, torch.device("cpu"), {"input_ids": torch.zeros(2, 3)})
+    timed = order[3:]  # after each method's first (untimed) step
+    assert [timed[i * 3] for i in range(3)] == ["a", "b", "c"]  # a different method first in every repeat
 
 
 def test_a_failing_configuration_is_a_cell_not_a_crash(tmp_path, monkeypatch):
@@ -95,7 +136,7 @@ def test_cpu_smoke_with_cli_runs_and_compile(tmp_path):
                                "eager", "--budget-s", "1200",  # the compile group is guessed at 300 s before timing
                                "--out", str(tmp_path)])
     check_cells(result)
-    for method in METHODS:
+    for method in CLI_METHODS:
         run = result["cli"][f"{method}|{precision}"]
         assert run.get("status") == "finished" and run["rc"] == 0, (method, run)
         assert result["cli"][f"{method}|{other}"]["error"].startswith("skipped: not selected")
@@ -131,7 +172,8 @@ def test_syncs_beyond_lora_name_what_sora_adds(tmp_path):
     assert fp32["sora_own_sites"] == ["prox.py:7"]
     assert (bf16["ratio_ok"], bf16["syncs_ok"], bf16["sora_own_syncs"], bf16["own_syncs_ok"]) == (False, False, 0, True)
     table = (tmp_path / "gpu_card.md").read_text()
-    assert "| fp32 | eager | off | 1.040 | PASS | 0.500 | 3 | FAIL | 1 (`prox.py:7`) | FAIL |" in table
+    # an older JSON (no code-variant pair) still renders, its new columns empty
+    assert "| fp32 | eager | off | 1.040 | PASS | — | n/a | 0.500 | 3 | FAIL | 1 (`prox.py:7`) | FAIL |" in table
 
 
 def test_a_subset_of_methods_compiled_static_in_another_mode(tmp_path, monkeypatch):
