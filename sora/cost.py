@@ -171,8 +171,9 @@ class Lengths:
         raw = {s: _read_or_none(task, s, d.dir, d.get("revision")) for s in ("train", *task.dev_splits)}
         if all(df is not None for df in raw.values()):  # every file present: the loop's own split code
             frames = protocol_splits(task, d.dir, cfg.eval.protocol, d.get("revision"))
-            return {name: SplitLengths(encode(df, task, tok, d.max_len, d.get("cache_dir")).lengths, True,
-                                       f"{len(df):,} rows read") for name, df in frames.items()}
+            once = {id(df): SplitLengths(encode(df, task, tok, d.max_len, d.get("cache_dir")).lengths, True,
+                                         f"{len(df):,} rows read") for df in frames.values()}
+            return {name: once[id(df)] for name, df in frames.items()}  # the same rows stay one object, as in the loop
         present = {s: encode(df, task, tok, d.max_len, d.get("cache_dir")).lengths
                    for s, df in raw.items() if df is not None}
         split_lengths = {s: SplitLengths(v, True, f"{len(v):,} rows read") for s, v in present.items()}
@@ -286,7 +287,7 @@ def job_cost(cfg, overrides: list[str], splits: dict[str, SplitLengths]) -> JobC
     ours, real, rows = train_tokens(train, t.batch_size, cfg.seed, steps, plan.steps_per_epoch, d.group_by_length,
                                     pad_to)
     e_ours = e_real = e_rows = 0
-    for s in evaluated.values():  # select and report/<dev> may be the same rows: the loop evaluates both
+    for s in {id(s): s for s in evaluated.values()}.values():  # select = report/<dev> (best_on_dev): evaluated once
         p, r, n = batch_tokens(eval_batches(s.lengths, cfg.eval.batch_size, d.sort_eval_by_length), s.lengths, pad_to)
         e_ours, e_real, e_rows = e_ours + p, e_real + r, e_rows + n
     notes = sorted({s.note for s in splits.values() if not s.exact})
@@ -466,7 +467,7 @@ def _preamble(rate: Rate | None) -> list[str]:
            "sweep's runs. **ours**: the harness as configured (length-grouped training batches and length-sorted "
            "evaluation batches, each padded to its longest row); **static**: the same rows, each padded to the "
            "task's `data.max_len`. Evaluation counts every split the loop evaluates at every evaluation point "
-           "(`select` and each `report/<dev>`, so the selection dev set twice under `best_on_dev`)."]
+           "(`select` and each `report/<dev>`; under `best_on_dev` the selection set is a report set, evaluated once)."]
     if rate is not None:
         rates = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(rate.per_method.items())) or f"{rate.default:,.0f}"
         out += ["", f"Hours = (train tokens + {rate.eval_cost:g} x eval tokens) / tokens per second; tokens/s "

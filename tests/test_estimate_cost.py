@@ -131,7 +131,7 @@ def smoke_costs():
 
 def test_smoke_sweep_by_hand(smoke_costs, minilm_tokenizer):
     """experiment=smoke: 2 tasks x every registered method; 12 steps of batch 8 on 240 rows, eval every 6 steps on
-    120 dev rows (select and report/validation: the same rows twice), max_len 64."""
+    120 dev rows (select = report/validation under best_on_dev: evaluated once), max_len 64."""
     jobs, cfgs, costs = smoke_costs
     from sora.config import method_choices
 
@@ -140,7 +140,7 @@ def test_smoke_sweep_by_hand(smoke_costs, minilm_tokenizer):
     for c in costs:
         assert (c.steps, c.evals, c.exact) == (12, 2, True)
         assert c.train["static"] == 12 * 8 * 64 and c.train["rows"] == 96
-        assert c.eval["static"] == 2 * 2 * 120 * 64 and c.eval["rows"] == 480
+        assert c.eval["static"] == 2 * 120 * 64 and c.eval["rows"] == 240  # 2 evaluations x the 120 dev rows
     t = get_task("cola")
     train = encode(read_split(t, "train", str(GLUE_FIXTURE)), t, minilm_tokenizer, 64)
     dev = encode(read_split(t, "validation", str(GLUE_FIXTURE)), t, minilm_tokenizer, 64)
@@ -149,7 +149,7 @@ def test_smoke_sweep_by_hand(smoke_costs, minilm_tokenizer):
     order = np.argsort(-dev.lengths, kind="stable")
     eval_truth = sum(dev.batch(order[i:i + 64], 0)["input_ids"].numel() for i in range(0, 120, 64))
     cola = costs[1]
-    assert cola.train["ours"] == train_truth and cola.eval["ours"] == 2 * 2 * eval_truth
+    assert cola.train["ours"] == train_truth and cola.eval["ours"] == 2 * eval_truth
     assert cola.train["ours"] < cola.train["static"] and cola.eval["ours"] < cola.eval["static"]
 
 
@@ -188,10 +188,10 @@ def test_absent_splits_are_estimated_and_say_so(tmp_path):
     data = _copy(tmp_path, ["cola/train.tsv.gz", "mnli/validation_matched.tsv.gz"])
     jobs, cfgs = cost.sweep_configs([*SMOKE, data, "task=cola,qqp", "method=lora"])
     cola, qqp = cost.estimate(jobs, cfgs)
-    assert not cola.exact and cola.eval["rows"] == 2 * 2 * 1043  # GLUE's cola validation count, twice per eval
+    assert not cola.exact and cola.eval["rows"] == 2 * 1043  # GLUE's cola validation count, once per eval
     assert "ESTIMATED cola/validation" in cola.notes[0] and "resampled from cola/train" in cola.notes[0]
     assert not qqp.exact and any("ASSUMED like proxy task mnli/validation_matched" in n for n in qqp.notes)
-    assert qqp.eval["rows"] == 2 * 2 * 40430
+    assert qqp.eval["rows"] == 2 * 40430
     rows, _, notes = cost.summarise([cola, qqp], None)
     assert "estimated: notes" in cost.render_markdown("x", rows, rows[0], notes, None)
 

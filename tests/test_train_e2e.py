@@ -150,3 +150,19 @@ def test_wnli_adalora_schedule_fits_its_run():
     total = -(-635 // 32) * 50
     tinit, tfinal, _ = adalora_schedule(cfg.method, total)
     assert (tinit, tfinal) == (round(600 * 1000 / 3900), round(1800 * 1000 / 3900)) and tinit + tfinal < total
+
+
+def test_best_on_dev_evaluates_its_dev_rows_once_per_point(tiny_overrides, monkeypatch):
+    """Selection and report share the dev rows under best_on_dev: one pass each evaluation, the same numbers in
+    both places (the second pass cost as much as the first and changed nothing)."""
+    from sora.train import loop
+
+    calls = []
+    real = loop.evaluate
+    monkeypatch.setattr(loop, "evaluate", lambda model, split, *a, **k: calls.append(id(split)) or real(
+        model, split, *a, **k))
+    cfg = load_config(["task=mrpc", "method=lora", *tiny_overrides])  # 6 steps, evaluated at 3 and 6
+    record = train(cfg)
+    assert len(calls) == 2 and len(record["evals"]) == 2
+    for point in record["evals"]:
+        assert point["select"] == point["report"]["validation"]

@@ -204,7 +204,11 @@ def _prepare(cfg, task) -> Setup:
     tokenizer = load_tokenizer(cfg.model)
     splits = protocol_splits(task, cfg.data.dir, cfg.eval.protocol, cfg.data.get("revision"))
     cache = cfg.data.get("cache_dir")
-    data = {name: encode(df, task, tokenizer, cfg.data.max_len, cache) for name, df in splits.items()}
+    encoded = {}  # best_on_dev selects and reports on the same dev rows: encoded (and evaluated) once
+    for df in splits.values():
+        if id(df) not in encoded:
+            encoded[id(df)] = encode(df, task, tokenizer, cfg.data.max_len, cache)
+    data = {name: encoded[id(df)] for name, df in splits.items()}
     plan = run_plan(cfg, len(data["train"]))
     if plan.sparsifying:
         _check_scheduler(cfg)
@@ -443,12 +447,17 @@ def _backbone_name(cfg) -> str:
 def _evaluate_all(cfg, task, model, data, pad_id, pad_to, device, autocast) -> dict:
     kw = dict(batch_size=cfg.eval.batch_size, pad_id=pad_id, device=device, autocast=autocast,
               sort_by_length=cfg.data.sort_eval_by_length, pad_to=pad_to)
-    select = evaluate(model, data["select"], task, **kw)
-    report = {name.split("/", 1)[1]: evaluate(model, d, task, **kw) for name, d in data.items()
-              if name.startswith("report/")}
-    point = {"select": select, "report": report}
+    done = {}
+
+    def once(split) -> dict:  # the same rows (select = report/<dev> under best_on_dev): one pass, same numbers
+        if id(split) not in done:
+            done[id(split)] = evaluate(model, split, task, **kw)
+        return dict(done[id(split)])
+
+    point = {"select": once(data["select"]),
+             "report": {name.split("/", 1)[1]: once(d) for name, d in data.items() if name.startswith("report/")}}
     if "memorization" in data:
-        point["memorization"] = evaluate(model, data["memorization"], task, **kw)
+        point["memorization"] = once(data["memorization"])
     return point
 
 
