@@ -69,3 +69,16 @@ def test_paired_differences_by_hand(records, tmp_path):
     paths = write_allocation(records, "mrpc", tmp_path / "tables")
     text = paths[1].read_text()
     assert "(c) uniform LoRA at the nearest rank" in text and "+2.00 [-0.48, +4.48]" in text
+
+
+def test_the_pattern_contrasts_by_hand(records, tmp_path):
+    """(a) − (b): 79 − 78, 80 − 78, 81 − 78 = 1, 2, 3 points; (a) − (c): 79 − 80, 80 − 82, 81 − 84 = −1, −2, −3."""
+    from sora.results.allocation import pattern_frame
+
+    frame = pattern_frame(arm_runs(records, "mrpc"), "mrpc").set_index(["contrast", "checkpoint"])
+    ab, ac = frame.loc[("(a) − (b)", "selected")], frame.loc[("(a) − (c)", "final")]
+    assert ab["n_pairs"] == 3 and ab["mean_diff"] == pytest.approx(1.0 + 1.0) and ab["seeds"] == "0 1 2"
+    assert (ab["ci_low"], ab["ci_high"]) == (pytest.approx(-0.484, abs=1e-3), pytest.approx(4.484, abs=1e-3))
+    assert ac["mean_diff"] == pytest.approx(-2.0) and (ab["a_mean"], ab["other_mean"]) == (80.0, 78.0)
+    text = write_allocation(records, "mrpc", tmp_path / "tables")[1].read_text()
+    assert "## The allocation itself" in text and "| (a) − (b) | selected | 0 1 2 | 80.00 | 78.00 |" in text
