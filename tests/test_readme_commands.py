@@ -54,3 +54,20 @@ def test_the_hub_line_without_the_hub_is_one_line_naming_the_fix(tmp_path):
     assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), res.stderr[-2000:]
     assert "HF_HUB_OFFLINE=1" in lines[0] or "model.source" in lines[0], lines[0]
     assert not (tmp_path / "results" / "records").exists()
+
+
+def test_make_demo_runs_its_three_methods_and_prints_the_table(tmp_path):
+    """``make demo`` = ``scripts/demo.py``, here on the 120-row SST-2 fixture, 2 steps a method and fp32 (bf16 is
+    emulated on some CPUs): the real MiniLM weights, the three methods, the table and the heatmap it prints."""
+    from tests.conftest import GLUE_FIXTURE
+
+    make = (ROOT / "Makefile").read_text()
+    assert "\t$(PY) scripts/demo.py\n" in make.split("\ndemo:", 1)[1].split("\n\n", 1)[0] + "\n"
+    res = subprocess.run([sys.executable, "scripts/demo.py", f"results_dir={tmp_path}", f"data.dir={GLUE_FIXTURE}",
+                          "train.max_steps=2", "train.eval_steps=2", "train.precision=fp32", "progress=false"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-2000:]
+    table = res.stdout.split("SST-2 dev accuracy", 1)[1]
+    for label in ("AdaLoRA (12->8) · minilm", "LoRA (r=8) · minilm", "SoRA (r_max=8, code) · minilm"):
+        assert label in table, table
+    assert "rank heatmap:" in table and len(list(tmp_path.glob("records/*/record.json"))) == 3

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import pkgutil
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -155,7 +156,9 @@ def check_method_config(cfg) -> None:
     if cfg.name not in METHODS:
         raise UserError(f"unknown method {cfg.name!r}; valid: {', '.join(sorted(METHODS))}")
     cls = METHODS[cfg.name]
-    check_node(cfg, cls.schema, "method.")
+    # another method's key (an experiment's method.xi on its LoRA runs) is left to its owner, as in run_schema
+    foreign = frozenset(f.name for other in METHODS.values() if other.schema for f in fields(other.schema))
+    check_node(cfg, cls.schema, "method.", foreign=foreign)
     head_modules_to_save(method_head(cfg))
     if isinstance(cfg.get("targets"), str) and cfg.targets != "auto":
         target_regex(cfg.targets)
