@@ -39,16 +39,23 @@ def group_choices(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
     return sorted({p.stem for p in (conf_dir / group).glob("*.yaml")} | {n.removesuffix(".yaml") for n in stored})
 
 
+HPARAMS_MISSING = "hparams_missing"  # the key a set with neither the method's file nor a recipe composes to
+
+
 def register_hparams_fallbacks(conf_dir: Path = CONF_DIR) -> None:
     """``hparams: ${hparams_set}/${task}/${method}`` needs a file per method: where a set has none for a method, its
     task's ``recipe.yaml`` (the settings the set's methods share) stands in, so a new method needs no hparams file.
-    A set without recipes (``sora_authors_lora``: LoRA only) gets no fallback."""
+    A set without recipes (``sora_authors_lora``: LoRA only) gets no fallback: such a run stops with one line."""
     store = ConfigStore.instance()
-    for recipe in sorted((conf_dir / "hparams").glob("*/*/recipe.yaml")):
-        group = recipe.parent.relative_to(conf_dir).as_posix()
+    for task_dir in sorted(p for p in (conf_dir / "hparams").glob("*/*") if p.is_dir()):
+        group = task_dir.relative_to(conf_dir).as_posix()
         for name in method_choices(conf_dir):
-            if not (recipe.parent / f"{name}.yaml").exists():
+            if (task_dir / f"{name}.yaml").exists():
+                continue
+            if (task_dir / "recipe.yaml").exists():
                 store.store(group=group, name=name, node={"defaults": [f"/{group}/recipe"]}, package="_global_")
+            else:  # composes, then sora.validate refuses it in one line (Hydra's own error is a page)
+                store.store(group=group, name=name, node={HPARAMS_MISSING: group}, package="_global_")
 
 
 def load_config(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:

@@ -84,10 +84,15 @@ def validate_run_config(cfg, hub: bool = True) -> None:
     """The whole run config, before any folder exists: its typed schema (``sora.run_schema``), then what needs
     this machine or the model. ``hub=False``: callers that never load the model or data from the hub (the cost
     estimate)."""
+    from sora.config import HPARAMS_MISSING
     from sora.models import max_positions
     from sora.run_schema import check_run_schema
     from sora.tuners.methods import check_method_config
 
+    if (missing := cfg.get(HPARAMS_MISSING)) is not None:
+        raise UserError(f"hparams_set={missing.split('/')[1]} has no settings for method={cfg.method.name} on task "
+                        f"{cfg.task.name} (no conf/{missing}/{cfg.method.name}.yaml and no recipe.yaml there); "
+                        f"use hparams_set=adalora_scripts or controlled, or add that file")
     check_run_schema(cfg)
     validate_device(cfg.get("device", "auto"))
     check_method_config(cfg.method)

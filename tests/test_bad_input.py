@@ -52,6 +52,8 @@ CASES = {
     "unknown_task": (["task=colaa"], "unknown task 'colaa'; valid: cola"),
     "unknown_method": (["method=loraa"], "unknown method 'loraa'; valid: " + ", ".join(group_choices("method"))),
     "unknown_model": (["model=bert"], "unknown model 'bert'; valid: deberta_v3_base, minilm, tiny"),
+    "no_hparams_for_method": (["hparams_set=sora_authors_lora", "method=sora", "task=rte"],
+                              "hparams_set=sora_authors_lora has no settings for method=sora on task rte"),
     "unknown_experiment": (["experiment=nope"], "unknown experiment 'nope'"),
     "r_max_zero": (["method.r_max=0"], "method.r_max must be a positive integer"),
     "r_max_not_int": (["method.r_max=2.5"], "method.r_max must be a positive integer"),
