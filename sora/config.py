@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -24,17 +25,12 @@ if not OmegaConf.has_resolver("per_task"):
 
 # method: ${methods:} in an experiment's sweep: every method this checkout has (a new plugin joins the sweep)
 if not OmegaConf.has_resolver("methods"):
-    OmegaConf.register_new_resolver("methods", lambda: ",".join(method_choices()))
-
-
-def method_choices(conf_dir: Path = CONF_DIR) -> list[str]:
-    """Every ``method=`` choice: ``conf/method/*.yaml`` and method nodes stored in Hydra's ConfigStore (a plugin
-    defined outside the repo's files, e.g. in a test)."""
-    return group_choices("method", conf_dir)
+    OmegaConf.register_new_resolver("methods", lambda: ",".join(group_choices("method")))
 
 
 def group_choices(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
-    """A group's yaml files and the nodes a plugin stored for it in Hydra's ConfigStore."""
+    """A group's yaml files and the nodes a plugin stored for it in Hydra's ConfigStore (``method``: every method,
+    one defined outside the repo's files too, e.g. in a test)."""
     stored = ConfigStore.instance().repo.get(group, {})
     return sorted({p.stem for p in (conf_dir / group).glob("*.yaml")} | {n.removesuffix(".yaml") for n in stored})
 
@@ -49,7 +45,7 @@ def register_hparams_fallbacks(conf_dir: Path = CONF_DIR) -> None:
     store = ConfigStore.instance()
     for task_dir in sorted(p for p in (conf_dir / "hparams").glob("*/*") if p.is_dir()):
         group = task_dir.relative_to(conf_dir).as_posix()
-        for name in method_choices(conf_dir):
+        for name in group_choices("method", conf_dir):
             if (task_dir / f"{name}.yaml").exists():
                 continue
             if (task_dir / "recipe.yaml").exists():
@@ -58,7 +54,14 @@ def register_hparams_fallbacks(conf_dir: Path = CONF_DIR) -> None:
                 store.store(group=group, name=name, node={HPARAMS_MISSING: group}, package="_global_")
 
 
-def load_config(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
+@contextmanager
+def hydra_context():
+    """Hydra's composition from Python as the CLI composes (the hparams fallbacks registered first)."""
     register_hparams_fallbacks()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        yield
+
+
+def load_config(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
+    with hydra_context():
         return compose(config_name=config_name, overrides=list(overrides or []))

@@ -64,17 +64,16 @@ BENCH_MODELS = {"deberta_v3_base": "deberta_v3_base_shape", "minilm": "minilm"}
 def expand_sweep(overrides: list[str]) -> list[list[str]]:
     """Every job's override list, as Hydra's basic sweeper builds it: the config's ``hydra.sweeper.params``
     first, then the command line (a command-line key replaces the config's list), then the product."""
-    from hydra import compose, initialize_config_dir
+    from hydra import compose
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from sora.config import CONF_DIR, register_hparams_fallbacks
+    from sora.config import hydra_context
 
-    register_hparams_fallbacks()
     parser = OverridesParser.create()
     parsed = _hydra_call(parser.parse_overrides, overrides)
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+    with hydra_context():
         cfg = _hydra_call(compose, config_name="train", overrides=fixed, return_hydra_config=True)
     params = cfg.hydra.sweeper.get("params") or {}
     args = [f"{k}={v}" for k, v in params.items()] + list(overrides)
@@ -83,12 +82,11 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
 
 def compose_jobs(jobs: list[list[str]]) -> list:
     """Each job's config, composed as the launcher composes it (one Hydra context for all)."""
-    from hydra import compose, initialize_config_dir
+    from hydra import compose
 
-    from sora.config import CONF_DIR, register_hparams_fallbacks
+    from sora.config import hydra_context
 
-    register_hparams_fallbacks()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+    with hydra_context():
         return [_hydra_call(compose, config_name="train", overrides=job) for job in jobs]
 
 

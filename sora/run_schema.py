@@ -7,10 +7,10 @@ model's positions, the hub). The yaml files hold these defaults (``tests/test_sc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from sora.schema import check_node, nonneg, positive, spec, unit_interval
+from sora.schema import check_node, choice_keys, nonneg, positive, spec, unit_interval
 
 _OPTIMIZERS = Literal["auto", "adamw", "adamw_hf_legacy"]  # sora.optim.OPTIMIZERS (tested equal)
 _WARMUP = ">= 0 (< 1: a ratio of the steps, >= 1: steps)"
@@ -197,9 +197,10 @@ def check_run_schema(cfg, schema=RunSchema) -> None:
     """Every key of a composed run config (``RunSchema`` or ``SftSchema``) against its schema, the chosen
     groups against theirs."""
     check_node(cfg, schema)
-    from sora.tuners.methods import METHODS
+    from sora.tuners.methods import check_method_config
 
-    _check_choice(cfg, "method", {name: cls.schema for name, cls in METHODS.items()})
+    if cfg.get("method") is not None:
+        check_method_config(cfg.method)  # the method's own schema and rules, as build_method checks them
     _check_choice(cfg, "logger", LOGGER_SCHEMAS)
     if schema is RunSchema:
         _check_choice(cfg, "scheduler", SCHEDULER_SCHEMAS)
@@ -214,5 +215,4 @@ def _check_choice(cfg, group: str, schemas: dict) -> None:
         from sora.errors import UserError
 
         raise UserError(f"unknown {group} {name!r}; valid: {', '.join(schemas)}")
-    others = frozenset(f.name for other in schemas.values() for f in fields(other))
-    check_node(node, schemas[name], f"{group}.", foreign=others)
+    check_node(node, schemas[name], f"{group}.", foreign=choice_keys(schemas.values()))

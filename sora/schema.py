@@ -132,6 +132,12 @@ def _choices(tp) -> tuple:
     return ()
 
 
+def choice_keys(schemas) -> frozenset:
+    """Every key any choice of a config group has: a key of another choice is left to its owner (``check_node``'s
+    ``foreign``), e.g. an experiment's ``method.xi`` on its LoRA runs."""
+    return frozenset(f.name for schema in schemas if schema for f in fields(schema))
+
+
 def literal_choices(schema, key: str) -> tuple:
     """The values a ``Literal`` field allows (the one list code that dispatches on the key reads)."""
     return tuple(c for c in _choices(typing.get_type_hints(schema)[key]) if c is not None)

@@ -87,15 +87,13 @@ def validate_run_config(cfg, hub: bool = True) -> None:
     from sora.config import HPARAMS_MISSING
     from sora.models import max_positions
     from sora.run_schema import check_run_schema
-    from sora.tuners.methods import check_method_config
 
     if (missing := cfg.get(HPARAMS_MISSING)) is not None:
         raise UserError(f"hparams_set={missing.split('/')[1]} has no settings for method={cfg.method.name} on task "
                         f"{cfg.task.name} (no conf/{missing}/{cfg.method.name}.yaml and no recipe.yaml there); "
                         f"use hparams_set=adalora_scripts or controlled, or add that file")
-    check_run_schema(cfg)
+    check_run_schema(cfg)  # the method node too (sora.tuners.methods.check_method_config)
     validate_device(cfg.get("device", "auto"))
-    check_method_config(cfg.method)
     if hub:
         validate_hub(cfg)
     validate_max_len(cfg.data.max_len, max_positions(cfg.model))

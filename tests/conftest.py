@@ -30,3 +30,23 @@ def tiny_base(num_labels=2, seed=0):
 def needs_shared():
     reason = "../shared/glue is absent (it exists only on the project's dev machines)"
     return pytest.mark.skipif(not (SHARED / "glue").is_dir(), reason=reason)
+
+
+def stock_peft_scores(cfg, adapter: Path, task: str, num_labels: int, workdir: Path) -> dict:
+    """The run's exported adapter scored by ``scripts/eval_adapter.py`` in another process: stock transformers +
+    peft on the run's own (seeded, saved) backbone and tokenizer, the dev rows of the GLUE fixture."""
+    import json
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from sora.models import load_model, resolve_source
+
+    load_model(cfg.model, num_labels, cfg.seed).save_pretrained(workdir / "base")
+    AutoTokenizer.from_pretrained(resolve_source(cfg.model.tokenizer)).save_pretrained(workdir / "base")
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "eval_adapter.py"), str(adapter), "--task", task,
+                          "--data-dir", str(GLUE_FIXTURE), "--base", str(workdir / "base"), "--max-len",
+                          str(cfg.data.max_len)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])

@@ -77,7 +77,7 @@ def test_the_pattern_contrasts_by_hand(records, tmp_path):
 
     frame = pattern_frame(arm_runs(records, "mrpc"), "mrpc").set_index(["contrast", "checkpoint"])
     ab, ac = frame.loc[("(a) − (b)", "selected")], frame.loc[("(a) − (c)", "final")]
-    assert ab["n_pairs"] == 3 and ab["mean_diff"] == pytest.approx(1.0 + 1.0) and ab["seeds"] == "0 1 2"
+    assert ab["n_pairs"] == 3 and ab["mean_diff"] == pytest.approx(2.0) and ab["seeds"] == "0 1 2"
     assert (ab["ci_low"], ab["ci_high"]) == (pytest.approx(-0.484, abs=1e-3), pytest.approx(4.484, abs=1e-3))
     assert ac["mean_diff"] == pytest.approx(-2.0) and (ab["a_mean"], ab["other_mean"]) == (80.0, 78.0)
     text = write_allocation(records, "mrpc", tmp_path / "tables")[1].read_text()

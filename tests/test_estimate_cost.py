@@ -133,10 +133,11 @@ def test_smoke_sweep_by_hand(smoke_costs, minilm_tokenizer):
     """experiment=smoke: 2 tasks x every registered method; 12 steps of batch 8 on 240 rows, eval every 6 steps on
     120 dev rows (select = report/validation under best_on_dev: evaluated once), max_len 64."""
     jobs, cfgs, costs = smoke_costs
-    from sora.config import method_choices
+    from sora.config import group_choices
 
-    assert {"sora", "lora", "adalora"} <= set(method_choices())
-    assert [j[:2] for j in jobs] == [[f"task={t}", f"method={m}"] for t in ("cola", "mrpc") for m in method_choices()]
+    methods = group_choices("method")
+    assert {"sora", "lora", "adalora"} <= set(methods)
+    assert [j[:2] for j in jobs] == [[f"task={t}", f"method={m}"] for t in ("cola", "mrpc") for m in methods]
     for c in costs:
         assert (c.steps, c.evals, c.exact) == (12, 2, True)
         assert c.train["static"] == 12 * 8 * 64 and c.train["rows"] == 96

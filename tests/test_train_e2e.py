@@ -1,8 +1,6 @@
 """Whole runs on the tiny model and real GLUE rows: records, skip-on-rerun, the adapter alone reproduces best."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +8,7 @@ import pytest
 from sora.config import load_config
 from sora.records import read_record
 from sora.train.loop import train
-from tests.conftest import GLUE_FIXTURE, ROOT
+from tests.conftest import stock_peft_scores
 
 pytestmark = pytest.mark.slow
 
@@ -46,21 +44,7 @@ def test_adapter_alone_reproduces_best(tiny_overrides, tmp_path):
     cfg = load_config(["task=mrpc", "method=sora", "method.variant=paper", "method.xi=0.5", *tiny_overrides])
     record = train(cfg)
     adapter = next(Path(cfg.results_dir).glob("records/*/adapter"))
-    # the tiny backbone is random: save the same one (seeded) as a folder stock transformers can load
-    from sora.models import load_model
-
-    base = load_model(cfg.model, 2, cfg.seed)
-    base.save_pretrained(tmp_path / "base")
-    from transformers import AutoTokenizer
-
-    from sora.models import resolve_source
-
-    AutoTokenizer.from_pretrained(resolve_source(cfg.model.tokenizer)).save_pretrained(tmp_path / "base")
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "eval_adapter.py"), str(adapter), "--task", "mrpc",
-                          "--data-dir", str(GLUE_FIXTURE), "--base", str(tmp_path / "base"), "--max-len", "64"],
-                         capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-2000:]
-    independent = json.loads(res.stdout.strip().splitlines()[-1])
+    independent = stock_peft_scores(cfg, adapter, "mrpc", 2, tmp_path)  # the random backbone, seeded and saved
     best = record["best"]["metrics"]["validation"]
     assert independent["f1"] == pytest.approx(best["f1"], abs=1e-9)
     assert independent["accuracy"] == pytest.approx(best["accuracy"], abs=1e-9)

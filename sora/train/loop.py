@@ -192,12 +192,17 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path, tracker, fingerp
                        tracker, state, t0)
 
 
+def _epoch_order(cfg, setup: Setup, epoch: int) -> list:
+    """One epoch's batches of training rows, as ``sora.data.batching.train_batches`` orders them for this run."""
+    train_set = setup.data["train"]
+    return train_batches(len(train_set), train_set.lengths, cfg.train.batch_size, cfg.seed, epoch,
+                         cfg.data.group_by_length)
+
+
 def _first_batches(cfg, setup: Setup):
     """The first epoch's training batches in the order training will see them."""
-    train_set = setup.data["train"]
-    for idx in train_batches(len(train_set), train_set.lengths, cfg.train.batch_size, cfg.seed, 0,
-                             cfg.data.group_by_length):
-        yield train_set.batch(idx, setup.pad_id, setup.pad_to)
+    for idx in _epoch_order(cfg, setup, 0):
+        yield setup.data["train"].batch(idx, setup.pad_id, setup.pad_to)
 
 
 def _prepare(cfg, task) -> Setup:
@@ -257,9 +262,7 @@ class _Training:
                 optimizer, scheduler = self._enter(stage, optimizer, scheduler)
             while self.step < stage.end:
                 epoch, offset = divmod(self.step, self.setup.plan.steps_per_epoch)
-                batches = train_batches(len(train_set), train_set.lengths, cfg.train.batch_size, cfg.seed, epoch,
-                                        cfg.data.group_by_length)
-                for idx in batches[offset:]:
+                for idx in _epoch_order(cfg, self.setup, epoch)[offset:]:
                     batch = train_set.batch(idx, self.setup.pad_id, self.setup.pad_to)
                     batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                     loss, lrs = train_step(self.forward_model, batch, self.method, optimizer, scheduler, self.step,

@@ -16,13 +16,12 @@ from peft.tuners.lora.layer import LoraLayer
 from sora.errors import UserError
 from sora.schema import nonneg, positive, spec, unit_interval
 from sora.tuners.heads import apply_head_policy, head_modules_to_save, method_head
-from sora.tuners.methods import Method, register
+from sora.tuners.methods import AdapterKeys, Method, register
 from sora.tuners.sora.model import infer_task_type, peft_targets
-from sora.tuners.targets import TARGETS_WHAT
 
 
 @dataclass
-class AdaLoraMethodSchema:
+class AdaLoraMethodSchema(AdapterKeys):
     name: Literal["adalora"] = "adalora"
     init_r: int = spec(12, what="a positive integer", ok=positive, example=12)
     target_r: int = spec(8, what="a positive integer", ok=positive, example=8)
@@ -34,9 +33,6 @@ class AdaLoraMethodSchema:
     beta2: float = spec(0.85, what="in [0, 1)", ok=unit_interval, example=0.85)
     orth_reg_weight: float = spec(0.1, what=">= 0", ok=nonneg, example=0.1)
     ref_steps: int | None = spec(None, what="null or a positive integer", ok=positive, example="null")
-    targets: str | list[str] = spec("all", what=TARGETS_WHAT)
-    head: str | None = "trainable"
-    lora_dropout: float = spec(0.0, what="in [0, 1)", ok=unit_interval, example=0.0)
 
 
 @register

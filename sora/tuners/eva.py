@@ -21,9 +21,8 @@ from peft.tuners.lora import initialize_lora_eva_weights
 from sora.errors import UserError
 from sora.schema import positive, spec, unit_interval
 from sora.tuners.heads import apply_head_policy, head_modules_to_save, method_head
-from sora.tuners.methods import Method, register
+from sora.tuners.methods import AdapterKeys, Method, register
 from sora.tuners.sora.model import infer_task_type, lora_linears, peft_targets
-from sora.tuners.targets import TARGETS_WHAT
 
 
 def _at_least_one(v) -> bool:
@@ -31,7 +30,7 @@ def _at_least_one(v) -> bool:
 
 
 @dataclass
-class EvaMethodSchema:
+class EvaMethodSchema(AdapterKeys):
     name: Literal["eva"] = "eva"
     r: int = spec(8, what="a positive integer (the mean rank: the budget is r x the adapted modules)", ok=positive,
                   example=8)
@@ -45,9 +44,6 @@ class EvaMethodSchema:
     adjust_scaling_factors: bool = True  # peft's default: each module keeps the scale alpha / r at its own rank
     batches: int = spec(16, what="a positive integer (training batches the SVD may use, cycled until it converges)",
                         ok=positive, example=16)
-    targets: str | list[str] = spec("all", what=TARGETS_WHAT)
-    head: str | None = "trainable"
-    lora_dropout: float = spec(0.0, what="in [0, 1)", ok=unit_interval, example=0.0)
 
 
 @register
@@ -77,14 +73,12 @@ class EvaMethod(Method):
         self.r, self.cap = cfg.r, round(cfg.r * cfg.rho)
         self.targets = [name for name, _ in lora_linears(self.model)]  # EVA may remove some (rank 0)
         self.data_batches = cfg.batches
-        self.initialised = False
 
     def init_from_data(self, batches) -> None:
         """peft's EVA on these batches (padding masked by the attention mask, prompts by labels = -100)."""
         if len(batches) == 0:
             raise UserError("EVA needs training batches for its SVD and got none; check the training split")
         initialize_lora_eva_weights(self.model, batches, show_progress_bar=False)
-        self.initialised = True
 
     def ranks(self):
         kept = {name: module.r["default"] for name, module in lora_linears(self.model)}

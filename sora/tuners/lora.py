@@ -9,21 +9,17 @@ from typing import Literal
 
 from peft import LoraConfig, get_peft_model
 
-from sora.schema import nonneg, positive, spec, unit_interval
+from sora.schema import nonneg, positive, spec
 from sora.tuners.heads import apply_head_policy, head_modules_to_save, method_head
-from sora.tuners.methods import Method, register
+from sora.tuners.methods import AdapterKeys, Method, register
 from sora.tuners.sora.model import infer_task_type, lora_linears, peft_targets
-from sora.tuners.targets import TARGETS_WHAT
 
 
 @dataclass
-class LoraMethodSchema:
+class LoraMethodSchema(AdapterKeys):
     name: Literal["lora"] = "lora"
     r: int = spec(8, what="a positive integer", ok=positive, example=8)
     lora_alpha: float = spec(16, what="> 0", ok=positive, example=16)
-    targets: str | list[str] = spec("all", what=TARGETS_WHAT)
-    head: str | None = "trainable"
-    lora_dropout: float = spec(0.0, what="in [0, 1)", ok=unit_interval, example=0.0)
     rank_pattern_from: Literal["sora", "random"] | None = None
     pattern_xi: float | None = spec(None, what="null or the xi > 0 of a finished SoRA run", ok=positive)
     pattern_seed: int | None = spec(None, what="null or an integer >= 0", ok=nonneg, example=0)

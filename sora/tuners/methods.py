@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import pkgutil
-from dataclasses import fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,12 +19,21 @@ from peft.tuners.lora.layer import LoraLayer
 
 from sora.errors import UserError
 from sora.optim import decay_groups
-from sora.schema import check_node
+from sora.schema import check_node, choice_keys, spec, unit_interval
 from sora.tuners.heads import head_modules_to_save, method_head
 from sora.tuners.sora.layer import GATE_ATTR
 from sora.tuners.targets import target_regex
 
 METHODS: dict[str, type[Method]] = {}
+
+
+@dataclass
+class AdapterKeys:
+    """The keys every method's node has (its schema extends this): where the adapters go, what the head does."""
+
+    targets: str | list[str] = spec("all", what="all | qv (GLUE), auto or a list of module names (SFT)")
+    head: str | None = "trainable"
+    lora_dropout: float = spec(0.0, what="in [0, 1)", ok=unit_interval, example=0.0)
 
 
 def register(cls):
@@ -156,9 +165,7 @@ def check_method_config(cfg) -> None:
     if cfg.name not in METHODS:
         raise UserError(f"unknown method {cfg.name!r}; valid: {', '.join(sorted(METHODS))}")
     cls = METHODS[cfg.name]
-    # another method's key (an experiment's method.xi on its LoRA runs) is left to its owner, as in run_schema
-    foreign = frozenset(f.name for other in METHODS.values() if other.schema for f in fields(other.schema))
-    check_node(cfg, cls.schema, "method.", foreign=foreign)
+    check_node(cfg, cls.schema, "method.", foreign=choice_keys(c.schema for c in METHODS.values()))
     head_modules_to_save(method_head(cfg))
     if isinstance(cfg.get("targets"), str) and cfg.targets != "auto":
         target_regex(cfg.targets)

@@ -39,4 +39,3 @@ def matrix_type(module_name: str) -> tuple[int, str] | None:
         if m:
             return int(m.group(1)), kind
     return None
-TARGETS_WHAT = "all | qv (GLUE), auto or a list of module names (SFT)"  # the schemas' description of ``targets``

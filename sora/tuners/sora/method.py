@@ -10,21 +10,16 @@ import torch
 
 from sora.diagnostics.verdict import growth_warning, record_diagnostics
 from sora.errors import UserError
-from sora.schema import spec, unit_interval
-from sora.tuners.methods import Method, register
+from sora.tuners.methods import AdapterKeys, Method, register
 from sora.tuners.sora import step as sora_step
 from sora.tuners.sora.config import SoraConfig
 from sora.tuners.sora.export import export_pruned_adapter
 from sora.tuners.sora.model import gate_parameters, gated_modules, get_sora_model, sora_ranks
-from sora.tuners.targets import TARGETS_WHAT
 
 
 @dataclass
-class SoraMethodSchema(SoraConfig):
+class SoraMethodSchema(SoraConfig, AdapterKeys):
     name: Literal["sora"] = "sora"
-    targets: str | list[str] = spec("all", what=TARGETS_WHAT)
-    head: str | None = "trainable"
-    lora_dropout: float = spec(0.0, what="in [0, 1)", ok=unit_interval, example=0.0)
 
 
 @register
