@@ -34,7 +34,7 @@ from sora.optim import LegacyAdamW, SchedulePlan, build_optimizer, optimizer_kin
 from sora.tuners.sora import step as sora_step
 from sora.tuners.sora.config import SoraConfig
 from sora.tuners.sora.export import export_pruned_adapter
-from sora.tuners.sora.model import gate_parameters, sora_ranks
+from sora.tuners.sora.model import gate_bank, gate_parameters, sora_ranks
 from sora.tuners.targets import matrix_type
 
 logger = logging.getLogger("sora")
@@ -54,7 +54,7 @@ class SoraCallback(TrainerCallback):
     def __init__(self, model, config: SoraConfig | None = None, export_dir: str | None = "sora_pruned",
                  diagnostics_file: str | None = DIAGNOSTICS_FILE):
         self.model, self.config = model, config or model.sora_config
-        self.gates = gate_parameters(model)
+        self.gates, self.bank = gate_parameters(model), gate_bank(model)
         self.export_dir = export_dir
         self.diagnostics_file = diagnostics_file
         self.gate_trace = GateTrace(self.gates)
@@ -83,7 +83,7 @@ class SoraCallback(TrainerCallback):
             if scaled is None:
                 scaled = (trainer.model_accepts_loss_kwargs and num_items_in_batch is not None) \
                     or trainer.compute_loss_func is not None
-            l1 = sora_step.l1_loss(self.gates, self.config)
+            l1 = sora_step.l1_loss(self.gates, self.config, self.bank)
             l1 = l1 / trainer.current_gradient_accumulation_steps if scaled else l1
             return (out[0] + l1, *out[1:]) if return_outputs else out + l1
 

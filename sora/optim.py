@@ -31,7 +31,9 @@ SCHEDULES = ("standard", "sora_release")
 class LegacyAdamW(torch.optim.Optimizer):
     """transformers 4.x ``AdamW``, multi-tensor: the same per-element formula, no host sync.
 
-    The step count stays a Python int per parameter (as in 4.x), so the bias correction is a host float.
+    The step count stays a Python int per parameter (as in 4.x), so the bias correction is a host float. Every
+    group is updated by the same few multi-tensor calls (per-tensor eps and step sizes as scalar lists), so a
+    param group of its own (SoRA's gates) adds no kernel launch.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0,
@@ -42,22 +44,23 @@ class LegacyAdamW(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure() if closure is not None else None
+        by_betas = defaultdict(list)  # (beta1, beta2) -> [(param, group, step)]
         for group in self.param_groups:
-            by_step = defaultdict(list)  # params that skipped a step (no grad) keep their own count
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 state = self.state[p]
                 if not state:
                     state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-                state["step"] += 1
-                by_step[state["step"]].append(p)
-            for t, params in by_step.items():
-                self._update(group, t, params)
+                state["step"] += 1  # params that skipped a step (no grad) keep their own count
+                by_betas[tuple(group["betas"])].append((p, group, state["step"]))
+        for betas, items in by_betas.items():
+            self._update(betas, items)
         return loss
 
-    def _update(self, group: dict, t: int, params: list[torch.Tensor]) -> None:
-        beta1, beta2 = group["betas"]
+    def _update(self, betas: tuple[float, float], items: list) -> None:
+        beta1, beta2 = betas
+        params = [p for p, _, _ in items]
         grads = [p.grad for p in params]
         exp_avg = [self.state[p]["exp_avg"] for p in params]
         exp_avg_sq = [self.state[p]["exp_avg_sq"] for p in params]
@@ -66,13 +69,22 @@ class LegacyAdamW(torch.optim.Optimizer):
         torch._foreach_mul_(exp_avg_sq, beta2)
         torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1.0 - beta2)
         denom = torch._foreach_sqrt(exp_avg_sq)
-        torch._foreach_add_(denom, group["eps"])
+        torch._foreach_add_(denom, [group["eps"] for _, group, _ in items])
+        torch._foreach_addcdiv_(params, exp_avg, denom, [-self._step_size(group, betas, t) for _, group, t in items])
+        decay = defaultdict(list)  # decoupled decay on the updated weights, one call per distinct lr * wd
+        for p, group, _ in items:
+            if group["weight_decay"] > 0.0:
+                decay[-group["lr"] * group["weight_decay"]].append(p)
+        for alpha, decayed in decay.items():
+            torch._foreach_add_(decayed, decayed, alpha=alpha)
+
+    @staticmethod
+    def _step_size(group: dict, betas: tuple[float, float], t: int) -> float:
+        beta1, beta2 = betas
         step_size = group["lr"]
         if group["correct_bias"]:
             step_size = step_size * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
-        torch._foreach_addcdiv_(params, exp_avg, denom, value=-step_size)
-        if group["weight_decay"] > 0.0:
-            torch._foreach_add_(params, params, alpha=-group["lr"] * group["weight_decay"])
+        return step_size
 
 
 def decay_groups(params, lr: float, weight_decay: float, eps: float) -> list[dict]:

@@ -28,12 +28,14 @@ def test_soft_threshold_hand_values():
 @pytest.mark.parametrize("variant,xi,lr,tau", [("paper", 2.0, 0.01, 0.02), ("code", 0.006, 0.01, 0.006)])
 def test_adamw_then_prox_on_a_three_element_gate(variant, xi, lr, tau):
     method = _method(variant, xi)
-    gate = method.gates[0]
+    bank = method.gates[0]  # every gate of the model, a module per row: the first module's gate is row 0
+    gate = bank[0]
     start, grad = [0.5, -0.02, 0.001], [0.1, -0.3, 0.2]
     with torch.no_grad():
         gate.copy_(torch.tensor(start))
     opt = build_optimizer(method.param_groups(lr, weight_decay=0.1, eps=1e-8), (0.9, 0.999), torch.device("cpu"))
-    gate.grad = torch.tensor(grad)  # every other parameter has no grad, so AdamW leaves it alone
+    bank.grad = torch.zeros_like(bank)  # the other rows' zero gradient moves nothing (m = v = 0); no other
+    bank.grad[0] = torch.tensor(grad)  # parameter has a grad, so AdamW leaves it alone
     opt.step()
     method.after_optimizer_step(0, opt)
     eps = 1e-6 if variant == "code" else 1e-8
@@ -66,6 +68,6 @@ def test_gates_get_their_own_group_without_decay():
     groups = method.param_groups(1e-3, 0.1, 1e-8)
     gate_group = [g for g in groups if g["name"] == "gate"][0]
     assert gate_group["weight_decay"] == 0.0 and gate_group["eps"] == 1e-6
-    assert len(gate_group["params"]) == 12  # 6 matrices x 2 layers
+    assert [tuple(p.shape) for p in gate_group["params"]] == [(12, 3)]  # one bank: 6 matrices x 2 layers, r_max 3
     others = {id(p) for g in groups if g["name"] != "gate" for p in g["params"]}
     assert not others & {id(p) for p in gate_group["params"]}

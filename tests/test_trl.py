@@ -74,5 +74,8 @@ def test_sft_trainer_and_stock_trainer_follow_the_same_sora_trajectory(tmp_path)
         SoraCallback.attach(trainer, export_dir=None)
         trainer.train()
         results.append([g.detach().clone() for g in gate_parameters(model)])
+    # the two Trainers' gates differ by float noise that Adam amplifies on gates with tiny gradients (measured: up
+    # to 7e-6 with a parameter per gate, 1.9e-5 with the gate bank's other summation order, after 5 steps at lr
+    # 5e-3); a missing L1 term or prox in one path would move gates by ~lr = 5e-3 a step
     for a, b in zip(*results):
-        assert torch.allclose(a, b, atol=1e-6) and torch.equal(a == 0, b == 0)
+        assert torch.allclose(a, b, atol=5e-5) and torch.equal(a == 0, b == 0)

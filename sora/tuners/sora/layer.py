@@ -6,23 +6,69 @@ peft's ``lora_A``/``lora_B`` modules, so target matching, state-dict names and s
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from peft.tuners.lora.layer import LoraVariant
 from torch import nn
+
+from sora.tuners.sora.fused import gated_lora
 
 GATE_ATTR = "lora_gate"  # contains "lora_" so peft's get_peft_model_state_dict keeps it
 
 
 class SoraGate(nn.Module):
-    """g in R^{r}: one scalar per rank; the prox step drives whole entries to exactly 0."""
+    """g in R^{r}: one scalar per rank; the prox step drives whole entries to exactly 0.
+
+    Built with a parameter of its own; :func:`sora.tuners.sora.model.get_sora_model` then moves every gate into one
+    :class:`~sora.tuners.sora.gate_bank.GateBank` and ``weight`` becomes that bank's row (a view: in-place edits,
+    ``.data`` and state-dict loads write through). The state-dict key stays ``weight``.
+    """
 
     def __init__(self, r: int, init: str = "ones"):
         super().__init__()
         data = torch.ones(r) if init == "ones" else torch.randn(r)
         self.weight = nn.Parameter(data)
+        self.bank, self.index = None, None
+
+    def attach(self, bank, index: int) -> None:
+        del self.weight  # the parameter now lives in the bank
+        object.__setattr__(self, "bank", bank)  # not a submodule: the bank is registered once, on the LoRA model
+        self.index = index
+
+    def __getattr__(self, name):
+        if name == "weight" and self.__dict__.get("bank") is not None:
+            return self.bank.weight[self.index]
+        return super().__getattr__(name)
+
+    def effective(self) -> torch.Tensor:
+        return self.bank.effective(self.index)
 
     def extra_repr(self) -> str:
         return f"r={self.weight.numel()}"
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        if self.bank is None:
+            return super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "weight"] = self.weight if keep_vars else self.weight.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        if self.bank is None:
+            return super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                                 unexpected_keys, error_msgs)
+        key = prefix + "weight"
+        if key not in state_dict:
+            if strict:
+                missing_keys.append(key)
+            return
+        value = state_dict[key]
+        row = self.weight
+        if value.shape != row.shape:
+            error_msgs.append(f"size mismatch for {key}: copying a param with shape {tuple(value.shape)}, "
+                              f"the shape in current model is {tuple(row.shape)}.")
+            return
+        with torch.no_grad():
+            row.copy_(value)
 
 
 def _gated_delta(module, adapter: str) -> torch.Tensor:
@@ -53,9 +99,12 @@ class SoraLinearVariant(LoraVariant):
     def forward(module, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs) -> torch.Tensor:
         lora_a = module.lora_A[active_adapter]
         lora_b = module.lora_B[active_adapter]
-        gate = module.lora_gate[active_adapter].weight
+        gate = module.lora_gate[active_adapter]
         dropout = module.lora_dropout[active_adapter]
-        return result + lora_b(lora_a(dropout(x)) * gate) * module.scaling[active_adapter]
+        if gate.bank is None or lora_b.bias is not None:  # a gate outside a bank, or peft's lora_bias: autograd
+            return result + lora_b(lora_a(dropout(x)) * gate.weight) * module.scaling[active_adapter]
+        return gated_lora(dropout(x), result, lora_a.weight, lora_b.weight, gate.effective(),
+                          module.scaling[active_adapter])
 
     @staticmethod
     def merge_safe(module, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
@@ -80,12 +129,20 @@ def soft_threshold_(gates: list[torch.Tensor], tau: float) -> None:
     """
     if tau <= 0 or not gates:
         return
+    if len(gates) == 1:  # one bank: softshrink is the same threshold, in one op
+        gates[0].copy_(torch.nn.functional.softshrink(gates[0], tau))
+        return
     signs = torch._foreach_sign(gates)
     mags = torch._foreach_abs(gates)
     torch._foreach_sub_(mags, tau)
     torch._foreach_clamp_min_(mags, 0.0)
     torch._foreach_mul_(mags, signs)
     torch._foreach_copy_(gates, mags)
+
+
+# the largest float below x in the gates' dtype (host arithmetic: no device op, no sync)
+_NEXT_BELOW = {torch.float32: lambda x: float(np.nextafter(np.float32(x), np.float32(0))),
+               torch.float64: lambda x: float(np.nextafter(np.float64(x), np.float64(0)))}
 
 
 @torch.no_grad()
@@ -100,7 +157,15 @@ def release_prox_(gates: list[torch.Tensor], lam: float) -> None:
     """
     if lam <= 0 or not gates:
         return
+    if len(gates) == 1 and gates[0].dtype in _NEXT_BELOW:  # one bank: the same floats in six ops
+        g = gates[0]
+        # softshrink is the first two masks (|g| > lam moves lam toward 0, else 0); hardshrink at the next float
+        # below lam keeps |x| >= lam, the third mask's survivors; |g| == lam exactly is kept as is (all masks skip it)
+        shifted = torch.nn.functional.softshrink(g, lam)
+        out = torch.nn.functional.hardshrink(shifted, _NEXT_BELOW[g.dtype](lam))
+        g.copy_(torch.where(g.abs() == lam, g, out))
+        return
     flat = torch.cat([g.reshape(-1) for g in gates])
-    shifted = torch.where(flat > lam, flat - lam, torch.where(flat < -lam, flat + lam, flat))
-    out = torch.where(shifted.abs() < lam, torch.zeros_like(shifted), shifted)
+    out = torch.where(flat.abs() > lam, flat - flat.clamp(-lam, lam), flat)  # the first two masks: g -/+ lam
+    out.masked_fill_(out.abs() < lam, 0.0)  # the third, on the shifted values
     torch._foreach_copy_(gates, [o.view_as(g) for o, g in zip(out.split([g.numel() for g in gates]), gates)])

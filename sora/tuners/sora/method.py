@@ -14,7 +14,7 @@ from sora.tuners.methods import AdapterKeys, Method, register
 from sora.tuners.sora import step as sora_step
 from sora.tuners.sora.config import SoraConfig
 from sora.tuners.sora.export import export_pruned_adapter
-from sora.tuners.sora.model import gate_parameters, gated_modules, get_sora_model, sora_ranks
+from sora.tuners.sora.model import gate_bank, gate_parameters, gated_modules, get_sora_model, sora_ranks
 
 
 @dataclass
@@ -56,13 +56,13 @@ class SoraMethod(Method):
         self.config = sora_config(cfg)
         super().__init__(get_sora_model(base_model, self.config, targets=cfg.targets, head=cfg.get("head"),
                                         lora_dropout=cfg.lora_dropout))
-        self.gates = gate_parameters(self.model)
+        self.gates, self.bank = gate_parameters(self.model), gate_bank(self.model)
 
     def param_groups(self, lr, weight_decay, eps):
         return sora_step.param_groups(self.model, self.config, lr, weight_decay, eps, self.gates)
 
     def extra_loss(self):
-        return sora_step.l1_loss(self.gates, self.config)
+        return sora_step.l1_loss(self.gates, self.config, self.bank)
 
     def after_optimizer_step(self, step, optimizer):
         sora_step.prox_(self.gates, self.config, sora_step.gate_lr(optimizer))  # this step's lr: before the scheduler

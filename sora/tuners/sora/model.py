@@ -11,6 +11,7 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from sora.errors import UserError
 from sora.tuners.heads import apply_head_policy, head_modules_to_save
 from sora.tuners.sora.config import SoraConfig
+from sora.tuners.sora.gate_bank import GateBank
 from sora.tuners.sora.layer import GATE_ATTR, SoraLinearVariant
 from sora.tuners.targets import matrix_type, target_regex
 
@@ -46,6 +47,7 @@ def get_sora_model(
     for _, module in lora_linears(model):
         module.lora_variant[adapter_name] = SoraLinearVariant()
         SoraLinearVariant.init(module, adapter_name, gate_init=config.gate_init)
+    bank_gates(model, adapter_name, config.l1_coef)
     apply_head_policy(model, head)
     model.sora_config = config  # what sora_optimizer / SoraCallback read when not given one
     return model
@@ -119,22 +121,60 @@ def gated_modules(model: torch.nn.Module, adapter_name: str = "default") -> Iter
             yield name, module
 
 
+BANK_ATTR = "lora_gate_bank"  # on peft's LoraModel; "lora_" keeps it trainable under peft's adapter marking
+
+
+def bank_gates(model: PeftModel, adapter_name: str = "default", l1_coef: float = 0.0) -> GateBank:
+    """Move every gate of ``adapter_name`` into one :class:`GateBank` (rows in module order) on the LoRA model,
+    whose pre-hook makes the effective gates once per forward."""
+    layers = [m for _, m in gated_modules(model, adapter_name)]
+    gates = [m.lora_gate[adapter_name] for m in layers]
+    bank = GateBank([g.weight for g in gates], l1_coef)
+    lora_model = model.base_model
+    if not hasattr(lora_model, BANK_ATTR):
+        setattr(lora_model, BANK_ATTR, torch.nn.ModuleDict())
+    getattr(lora_model, BANK_ATTR)[adapter_name] = bank
+    for i, gate in enumerate(gates):
+        gate.attach(bank, i)
+    lora_model.register_forward_pre_hook(bank.refresh)
+    return bank
+
+
+def gate_bank(model: torch.nn.Module, adapter_name: str = "default") -> GateBank | None:
+    for module in model.modules():
+        banks = getattr(module, BANK_ATTR, None)
+        if isinstance(banks, torch.nn.ModuleDict) and adapter_name in banks:
+            return banks[adapter_name]
+    return None
+
+
 def gate_parameters(model: torch.nn.Module, adapter_name: str = "default") -> list[torch.nn.Parameter]:
+    """The trainable gate tensors: the one bank (modules x r_max) of a SoRA model."""
+    bank = gate_bank(model, adapter_name)
+    if bank is not None:
+        return [bank.weight]
     return [m.lora_gate[adapter_name].weight for _, m in gated_modules(model, adapter_name)]
 
 
-def gate_l1(gates: list[torch.Tensor]) -> torch.Tensor:
-    """sum |g| / numel over all gates: the released code's extra loss term before ``l1_coef``."""
-    total = torch.stack([g.abs().sum() for g in gates]).sum()
-    return total / sum(g.numel() for g in gates)
+def gate_l1(gates: list[torch.Tensor], coef: float = 1.0) -> torch.Tensor:
+    """coef * sum |g| / numel over all gates: the released code's extra loss term (``coef``: its ``l1_coef``),
+    with coef / numel folded into one host scalar. One bank: sum |g| is one ``vector_norm`` (ord 1), whose
+    gradient is sgn(g), as abs's."""
+    if len(gates) == 1:
+        total = torch.linalg.vector_norm(gates[0], ord=1)
+    else:
+        total = torch.stack([g.abs().sum() for g in gates]).sum()
+    return total * (coef / sum(g.numel() for g in gates))
 
 
 @torch.no_grad()
 def sora_ranks(model: torch.nn.Module, adapter_name: str = "default") -> dict[str, int]:
     """Non-zero gate entries per module (one host sync per call: use at evaluation time only)."""
-    names, counts = [], []
-    for name, module in gated_modules(model, adapter_name):
-        names.append(name)
-        counts.append(torch.count_nonzero(module.lora_gate[adapter_name].weight))
-    values = torch.stack(counts).tolist() if counts else []
+    names = [name for name, _ in gated_modules(model, adapter_name)]
+    bank = gate_bank(model, adapter_name)
+    if bank is not None:
+        values = torch.count_nonzero(bank.weight, dim=1).tolist()
+    else:
+        rows = [m.lora_gate[adapter_name].weight for _, m in gated_modules(model, adapter_name)]
+        values = torch.stack([torch.count_nonzero(r) for r in rows]).tolist() if rows else []
     return dict(zip(names, (int(v) for v in values)))

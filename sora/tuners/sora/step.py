@@ -41,8 +41,13 @@ def gate_group(gates: list[torch.Tensor], config: SoraConfig, lr: float, eps: fl
     return gate
 
 
-def l1_loss(gates: list[torch.Tensor], config: SoraConfig) -> torch.Tensor | None:
-    return config.l1_coef * gate_l1(gates) if config.l1_coef else None
+def l1_loss(gates: list[torch.Tensor], config: SoraConfig, bank=None) -> torch.Tensor | None:
+    """``l1_coef * sum |g| / numel``: the value the bank's pre-hook made in this forward if there is one (its
+    gradient comes in the bank's own node), else computed here."""
+    if not config.l1_coef:
+        return None
+    made = bank.l1(config.l1_coef) if bank is not None else None
+    return made if made is not None else gate_l1(gates, config.l1_coef)
 
 
 def gate_lr(optimizer) -> float:
