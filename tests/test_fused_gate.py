@@ -294,3 +294,31 @@ def test_legacy_adamw_over_groups_equals_the_transcribed_release():
 def test_lora_linears_see_the_fused_path():
     model = get_sora_model(tiny_base(), SoraConfig(r_max=4))
     assert all(m.lora_gate["default"].bank is gate_bank(model) for _, m in lora_linears(model))
+
+
+def test_a_checkpoint_from_the_per_module_layout_stops_in_one_line(tmp_path):
+    """A run checkpointed before the gate bank (a parameter per gate) and resumed with it: the error names the fix."""
+    from sora.errors import UserError
+    from sora.train.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
+
+    config = SoraConfig(r_max=4, gate_init="randn")
+    banked = get_sora_model(tiny_base(), config)
+    old = _unbanked(banked)
+
+    class _Plain(Method):
+        pass
+
+    def optimizer(model):
+        groups = sora_step.param_groups(model, config, 1e-3, 0.0, 1e-8, gate_parameters(model))
+        opt = torch.optim.AdamW(groups)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+
+    opt, sched = optimizer(old)
+    save_checkpoint(tmp_path, old, opt, sched, _Plain(old), {"step": 3}, "rid", 1.0)
+    payload = read_checkpoint(tmp_path, "rid")
+    new_opt, new_sched = optimizer(banked)
+    with pytest.raises(UserError) as err:
+        restore_checkpoint(payload, banked, new_opt, new_sched, _Plain(banked), tmp_path)
+    message = str(err.value)
+    assert "\n" not in message and "another parameter layout" in message and "delete it" in message
+    assert "lora_gate.default.weight" in message

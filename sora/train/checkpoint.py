@@ -69,12 +69,21 @@ def read_checkpoint(ckpt_dir: Path, rid: str) -> dict | None:
     return payload
 
 
-def restore_checkpoint(payload: dict, model, optimizer, scheduler, method) -> dict:
+def restore_checkpoint(payload: dict, model, optimizer, scheduler, method, where: Path | None = None) -> dict:
     named = dict(model.named_parameters())
+    foreign = sorted(set(payload["weights"]) - set(named))
+    if foreign:  # e.g. a SoRA checkpoint from before the gate bank (a parameter per gate, 6c034db)
+        raise UserError(f"checkpoint {where or ''} was written by another parameter layout ({len(foreign)} unknown "
+                        f"weights, e.g. {foreign[0]}); delete it to restart the run, or resume with the code that "
+                        "wrote it")
     with torch.no_grad():
         for n, w in payload["weights"].items():
             named[n].copy_(w.to(named[n].device))
-    optimizer.load_state_dict(payload["optimizer"])
+    try:
+        optimizer.load_state_dict(payload["optimizer"])
+    except ValueError as exc:
+        raise UserError(f"checkpoint {where or ''} holds another optimizer layout ({exc}); delete it to restart "
+                        "the run") from None
     scheduler.load_state_dict(payload["scheduler"])
     method.load_extra_state(payload["method"])
     rng = payload["rng"]

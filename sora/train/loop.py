@@ -164,7 +164,7 @@ def _run(cfg, task, rid: str, run_dir: Path, record_path: Path, tracker, fingerp
     stage_now = setup.plan.stages[payload["state"].get("stage", 0)] if payload else setup.plan.stages[0]
     optimizer, scheduler = _optimizer_for(cfg, method, device, setup, stage_now)
     if payload:
-        state = restore_checkpoint(payload, model, optimizer, scheduler, method)
+        state = restore_checkpoint(payload, model, optimizer, scheduler, method, run_dir / "checkpoint")
         log.info("resumed %s at step %d (stage %d)", rid, state["step"], state.get("stage", 0))
     # evaluations after the checkpoint (all of them, with none) are replayed: drop their lines, each step once
     _rewrite_jsonl(run_dir / "metrics.jsonl", state["evals"])
