@@ -141,9 +141,11 @@ def bank_gates(model: PeftModel, adapter_name: str = "default", l1_coef: float =
 
 
 def gate_bank(model: torch.nn.Module, adapter_name: str = "default") -> GateBank | None:
+    """The adapter's bank on peft's LoRA model, found through any wrapper (DDP, a Trainer's); None for a model
+    get_sora_model did not build."""
     for module in model.modules():
-        banks = getattr(module, BANK_ATTR, None)
-        if isinstance(banks, torch.nn.ModuleDict) and adapter_name in banks:
+        banks = module._modules.get(BANK_ATTR)
+        if banks is not None and adapter_name in banks:
             return banks[adapter_name]
     return None
 
@@ -171,10 +173,5 @@ def gate_l1(gates: list[torch.Tensor], coef: float = 1.0) -> torch.Tensor:
 def sora_ranks(model: torch.nn.Module, adapter_name: str = "default") -> dict[str, int]:
     """Non-zero gate entries per module (one host sync per call: use at evaluation time only)."""
     names = [name for name, _ in gated_modules(model, adapter_name)]
-    bank = gate_bank(model, adapter_name)
-    if bank is not None:
-        values = torch.count_nonzero(bank.weight, dim=1).tolist()
-    else:
-        rows = [m.lora_gate[adapter_name].weight for _, m in gated_modules(model, adapter_name)]
-        values = torch.stack([torch.count_nonzero(r) for r in rows]).tolist() if rows else []
-    return dict(zip(names, (int(v) for v in values)))
+    values = torch.count_nonzero(torch.stack(gate_parameters(model, adapter_name)).reshape(len(names), -1), dim=1)
+    return dict(zip(names, (int(v) for v in values.tolist())))
