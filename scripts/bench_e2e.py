@@ -23,11 +23,11 @@ from omegaconf import OmegaConf  # noqa: E402
 from sora.data.batching import encode, train_batches  # noqa: E402
 from sora.data.glue import read_split  # noqa: E402
 from sora.data.tasks import get_task  # noqa: E402
+from sora.device import autocast_factory  # noqa: E402
 from sora.metrics import compute_metrics  # noqa: E402
 from sora.models import load_model, load_tokenizer  # noqa: E402
 from sora.optim import build_optimizer  # noqa: E402
 from sora.train.evaluate import predict  # noqa: E402
-from sora.train.loop import autocast_factory  # noqa: E402
 from sora.tuners.methods import build_method  # noqa: E402
 
 MAX_LEN = {"mrpc": 320, "sst2": 128}  # the scripts' max_len per task

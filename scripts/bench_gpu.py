@@ -42,8 +42,8 @@ from transformers import DebertaV2Config, DebertaV2ForSequenceClassification  # 
 
 from sora.attention import CHOICES as ATTENTIONS  # noqa: E402
 from sora.attention import set_attention  # noqa: E402
+from sora.device import autocast_factory  # noqa: E402  (the run's own precision switch)
 from sora.optim import schedule_plan  # noqa: E402
-from sora.train.loop import autocast_factory  # noqa: E402  (the run's own precision switch)
 from sora.train.step import make_optimizer_and_schedule, train_step  # noqa: E402
 from sora.tuners.methods import build_method  # noqa: E402
 

@@ -24,9 +24,9 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from transformers import DebertaV2Config, DebertaV2ForSequenceClassification  # noqa: E402
 
+from sora.device import autocast_factory  # noqa: E402
 from sora.models import load_model  # noqa: E402
 from sora.optim import build_optimizer  # noqa: E402
-from sora.train.loop import autocast_factory  # noqa: E402
 from sora.train.step import train_step  # noqa: E402
 from sora.tuners.methods import build_method  # noqa: E402
 

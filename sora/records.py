@@ -28,8 +28,10 @@ SCHEMA_VERSION = 1
 LAUNCH_ONLY_KEYS = ("results_dir", "logger", "progress", "train.save_steps", "train.save_minutes", "train.log_steps",
                     "data.cache_dir", "hydra")
 # options added after records existed, dropped from the identity at their default so older run ids stay valid
-NEUTRAL_DEFAULTS = {"train.attention": "eager", "train.compile": False, "method.pattern_xi": None,
-                    "method.pattern_seed": None}
+NEUTRAL_DEFAULTS = {"train.attention": "eager", "train.compile": "off", "method.pattern_xi": None,
+                    "method.pattern_seed": None, "data.pad_buckets": 0}
+# train.compile was a bool before it named a mode: true ran what "default" runs
+COMPILE_ALIASES = {False: "off", True: "default"}
 
 
 def identity(cfg, data_fingerprint: str | None = None) -> dict:
@@ -37,6 +39,7 @@ def identity(cfg, data_fingerprint: str | None = None) -> dict:
     folder replaced by a fingerprint of the data it holds (two folders with the same files are one run; the
     hub sample and the full hub split are two)."""
     container = drop_launch_keys(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg))
+    _resolve_precision(container)
     data = dict(container.get("data") or {})
     if data_fingerprint is None:
         data_fingerprint = _fingerprint_for(container)
@@ -46,11 +49,23 @@ def identity(cfg, data_fingerprint: str | None = None) -> dict:
     return container
 
 
+def _resolve_precision(container: dict) -> None:
+    """``train.precision=auto`` is stored as what it resolves to on the run's device (``sora.device``)."""
+    train = container.get("train")
+    if isinstance(train, dict) and train.get("precision") == "auto":
+        from sora.device import resolve_device, resolve_precision
+
+        train["precision"] = resolve_precision("auto", resolve_device(container.get("device", "auto")))
+
+
 def drop_launch_keys(container: dict, extra: tuple[str, ...] = ()) -> dict:
     """A resolved config (dict, changed in place) without what never changes a run's numbers: launch-only keys
     (and ``extra``), a scheduler of ``none``, options still at their neutral default."""
     if (container.get("scheduler") or {}).get("name", "none") == "none":
         container.pop("scheduler", None)  # the default adds nothing
+    train = container.get("train")
+    if isinstance(train, dict) and isinstance(train.get("compile"), bool):
+        train["compile"] = COMPILE_ALIASES[train["compile"]]
     for key, default in NEUTRAL_DEFAULTS.items():
         section, leaf = key.split(".")
         node = container.get(section)

@@ -29,6 +29,8 @@ class DataSchema:
     pad_to_max_len: bool = False
     group_by_length: bool = True
     sort_eval_by_length: bool = True
+    pad_buckets: int = spec(0, what="0 (pad to each batch's longest row) or a number of length buckets", ok=nonneg,
+                            example=8)
 
 
 @dataclass
@@ -51,9 +53,9 @@ class TrainSchema:
     save_steps: int = spec(200, what="an integer >= 0 (0 = never)", ok=nonneg, example=200)
     save_minutes: float = spec(0, what=">= 0 (0 = off)", ok=nonneg, example=0)
     log_steps: int = spec(10, what="a positive integer", ok=positive, example=10)
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     attention: Literal["eager", "disentangled_flash"] = "eager"
-    compile: bool = False
+    compile: Literal["off", "default", "reduce-overhead", False, True] = "off"  # bools: before it named a mode
     tf32: bool = True
 
 

@@ -32,6 +32,14 @@ def validate_device(name) -> None:
     raise UserError(f"device must be auto, cpu or cuda[:N], got {name!r}; e.g. device=auto")
 
 
+def validate_compile(cfg) -> None:
+    """CUDA graphs replay fixed shapes: without length buckets nearly every batch is a new graph."""
+    _require(not (cfg.train.get("compile") == "reduce-overhead" and not cfg.data.get("pad_buckets", 0)
+                  and not cfg.data.get("pad_to_max_len")),
+             "train.compile=reduce-overhead needs a bounded set of shapes: add data.pad_buckets=8 "
+             "(or use train.compile=default, which compiles dynamic shapes)")
+
+
 def validate_max_len(max_len, positions: int | None) -> None:
     """``positions``: the most tokens the backbone can embed (None: no absolute limit, or unknown offline)."""
     _require(positions is None or max_len <= positions,
@@ -94,6 +102,7 @@ def validate_run_config(cfg, hub: bool = True) -> None:
                         f"use hparams_set=adalora_scripts or controlled, or add that file")
     check_run_schema(cfg)  # the method node too (sora.tuners.methods.check_method_config)
     validate_device(cfg.get("device", "auto"))
+    validate_compile(cfg)
     if hub:
         validate_hub(cfg)
     validate_max_len(cfg.data.max_len, max_positions(cfg.model))

@@ -129,7 +129,7 @@ def test_cpu_smoke_with_cli_runs_and_compile(tmp_path):
     wiring, without minutes of inductor code generation on 2 cores)."""
     import torch
 
-    from sora.train.loop import slow_bf16
+    from sora.device import slow_bf16
 
     precision, other = ("fp32", "bf16") if slow_bf16("bf16", torch.device("cpu")) else ("bf16", "fp32")
     result = bench_gpu().main([*TINY, "--compile-backend", "eager", "--precisions", precision, "--attentions",

@@ -4,7 +4,7 @@ import torch
 
 
 def test_bf16_on_a_cpu_without_native_bf16_is_warned():
-    from sora.train.loop import slow_bf16
+    from sora.device import slow_bf16
 
     cpu = torch.device("cpu")
     assert "emulated" in slow_bf16("bf16", cpu, "flags: fpu avx2 fma")

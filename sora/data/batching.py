@@ -42,11 +42,12 @@ class Encoded:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def batch(self, idx, pad_id: int, pad_to: int | None = None) -> dict[str, torch.Tensor]:
-        """Rows ``idx`` padded to the longest of them (or to ``pad_to``), with attention mask and labels."""
+    def batch(self, idx, pad_id: int, pad_to: int | tuple[int, ...] | None = None) -> dict[str, torch.Tensor]:
+        """Rows ``idx`` padded to the longest of them, or to ``pad_to``: one width, or length buckets (a sorted
+        tuple of widths: the smallest that holds the longest row), with attention mask and labels."""
         idx = np.asarray(idx)
         starts, lens = self.offsets[idx], self.lengths[idx]
-        width = pad_to or int(lens.max())
+        width = pad_width(int(lens.max()), pad_to)
         ids = np.full((len(idx), width), pad_id, dtype=np.int64)
         types = np.zeros((len(idx), width), dtype=np.int64) if self.type_ids is not None else None
         for row, (s, n) in enumerate(zip(starts, lens)):
@@ -60,6 +61,23 @@ class Encoded:
         labels = self.labels[idx]
         out["labels"] = torch.tensor(labels, dtype=torch.float if labels.dtype.kind == "f" else torch.long)
         return out
+
+
+def pad_width(longest: int, pad_to: int | tuple[int, ...] | None) -> int:
+    if pad_to is None:
+        return longest
+    if isinstance(pad_to, int):
+        return pad_to
+    return next((w for w in pad_to if w >= longest), max(pad_to[-1], longest))
+
+
+def length_buckets(max_len: int, n: int, multiple: int = 8) -> tuple[int, ...] | None:
+    """``data.pad_buckets``: ``n`` evenly spaced widths up to ``max_len`` (rounded up to a multiple of 8, the last
+    exactly ``max_len``), so a compiled model sees a handful of shapes instead of one per batch; None for n = 0."""
+    if n <= 0:
+        return None
+    up = lambda x, m: -(-x // m) * m  # noqa: E731  (ceil to a multiple of m)
+    return tuple(sorted({min(max_len, up(up(max_len * i, n) // n, multiple)) for i in range(1, n + 1)}))
 
 
 def encode(df: pd.DataFrame, task: Task, tokenizer, max_len: int, cache_dir: str | Path | None = None) -> Encoded:

@@ -6,12 +6,10 @@ setup, the stage/step loop (``_Training.stages``), evaluation and best checkpoin
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import math
 import os
-import platform
 import random
 import resource
 import shutil
@@ -27,9 +25,11 @@ import torch
 from omegaconf import OmegaConf
 
 from sora.attention import set_attention
-from sora.data.batching import encode, train_batches
+from sora.data.batching import encode, length_buckets, train_batches
 from sora.data.glue import data_fingerprint, protocol_splits
+from sora.data.prefetch import ahead
 from sora.data.tasks import get_task
+from sora.device import autocast_factory, device_facts, resolve_device, resolve_precision, slow_bf16
 from sora.errors import UserError
 from sora.models import load_model, load_tokenizer
 from sora.optim import group_lrs, schedule_plan
@@ -49,6 +49,7 @@ from sora.records import (
 )
 from sora.tracking import make_tracker, ranks_by_matrix
 from sora.train.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
+from sora.train.compiled import CompiledForward, compile_mode
 from sora.train.evaluate import evaluate
 from sora.train.interrupt import Interrupts, interruptible
 from sora.train.plan import RunPlan, memorization_rows, run_plan
@@ -122,20 +123,21 @@ class Setup:
 
     data: dict
     pad_id: int
-    pad_to: int | None
+    pad_to: int | tuple[int, ...] | None  # one width (data.pad_to_max_len), length buckets, or the longest row
     plan: RunPlan  # length, stages, schedule, eval cadence (sora.train.plan: the cost estimate reads it too)
 
 
 def _run(cfg, task, rid: str, run_dir: Path, record_path: Path, tracker, fingerprint: str) -> dict:
     t0 = time.time()
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     _seed_everything(cfg.seed)
     if device.type == "cuda" and cfg.train.tf32:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    autocast = autocast_factory(cfg.train.precision, device)
-    log.info("run %s on %s, precision %s", rid, device, cfg.train.precision)
-    if (why := slow_bf16(cfg.train.precision, device)) is not None:
+    precision = resolve_precision(cfg.train.precision, device)
+    autocast = autocast_factory(precision, device)
+    log.info("run %s on %s, precision %s", rid, device, precision)
+    if (why := slow_bf16(precision, device)) is not None:
         log.warning("%s", why)
         print(f"[sora] {rid}: warning: {why}", flush=True)
 
@@ -220,8 +222,9 @@ def _prepare(cfg, task) -> Setup:
         rows = memorization_rows(len(splits["train"]))
         data["memorization"] = encode(splits["train"].iloc[rows].reset_index(drop=True), task, tokenizer,
                                       cfg.data.max_len, cache)
-    return Setup(data=data, pad_id=tokenizer.pad_token_id,
-                 pad_to=cfg.data.max_len if cfg.data.pad_to_max_len else None, plan=plan)
+    pad_to = cfg.data.max_len if cfg.data.pad_to_max_len else length_buckets(cfg.data.max_len,
+                                                                               cfg.data.get("pad_buckets", 0))
+    return Setup(data=data, pad_id=tokenizer.pad_token_id, pad_to=pad_to, plan=plan)
 
 
 def _optimizer_for(cfg, method, device, setup: Setup, stage: Stage):
@@ -242,8 +245,7 @@ class _Training:
         self.method, self.model, self.device, self.autocast, self.tracker = method, model, device, autocast, tracker
         self.state, self.t0 = state, t0
         self.trainable = [p for p in model.parameters() if p.requires_grad]
-        # train.compile: the training forward runs compiled; weights, evaluation and checkpoints use the module itself
-        self.forward_model = torch.compile(model, dynamic=True) if cfg.train.get("compile") else model
+        self.compiled = CompiledForward(model, cfg.train.get("compile", "off"), bucketed=setup.pad_to is not None)
         self.sparsify = setup.plan.sparsifying
         self.step = state["step"]
         self.progress = _progress(setup.plan.end, self.step, enabled=cfg.progress, desc=rid)
@@ -252,6 +254,7 @@ class _Training:
         self.running_n = state.get("running_n", 0)
         self.interrupts = Interrupts()
         self.last_save = time.monotonic()
+        self.clock = time.perf_counter()  # training-only time: evaluations and checkpoints are off it
 
     def stages(self, optimizer, scheduler) -> None:
         cfg, state, train_set = self.cfg, self.state, self.setup.data["train"]
@@ -259,23 +262,38 @@ class _Training:
             if stage.index < state["stage"] or self.step >= stage.end:
                 continue
             if stage.index > state["stage"]:  # entering a stage (a resumed run may already be inside it)
-                optimizer, scheduler = self._enter(stage, optimizer, scheduler)
+                optimizer, scheduler = self._off_the_clock(self._enter, stage, optimizer, scheduler)
             while self.step < stage.end:
                 epoch, offset = divmod(self.step, self.setup.plan.steps_per_epoch)
-                for idx in _epoch_order(cfg, self.setup, epoch)[offset:]:
-                    batch = train_set.batch(idx, self.setup.pad_id, self.setup.pad_to)
-                    batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-                    loss, lrs = train_step(self.forward_model, batch, self.method, optimizer, scheduler, self.step,
+                host = (train_set.batch(idx, self.setup.pad_id, self.setup.pad_to)
+                        for idx in _epoch_order(cfg, self.setup, epoch)[offset:])
+                for batch, tokens in ahead(host, self.device):
+                    loss, lrs = train_step(self.compiled.module, batch, self.method, optimizer, scheduler, self.step,
                                            self.trainable, cfg.train.max_grad_norm, self.autocast)
                     self.step += 1
+                    state["train_tokens"] = state.get("train_tokens", 0) + tokens
                     self._log_loss(loss, lrs, stage)
                     if self.setup.plan.is_eval_step(stage, self.step):
-                        self._evaluate(stage, lrs)
+                        self._off_the_clock(self._evaluate, stage, lrs)
                     self._maybe_checkpoint(optimizer, scheduler)
                     if self.step >= stage.end:
                         break
             if stage.index > 0:  # the pruned adapter at the end of each stage
-                self.method.export(self.run_dir / "stages" / f"stage_{stage.index}", _backbone_name(cfg))
+                self._off_the_clock(self.method.export, self.run_dir / "stages" / f"stage_{stage.index}",
+                                    _backbone_name(cfg))
+        self._off_the_clock(lambda: None)  # the clock stops with the last step's kernels
+        state["compile_graphs"] = self.compiled.graphs()
+
+    def _off_the_clock(self, fn, *args):
+        """Run an evaluation, checkpoint or export outside the training-only clock (the throughput the record
+        states: ``runtime.train_tokens_per_s``); the device is synced first, as each of them syncs anyway."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.state["train_seconds"] = self.state.get("train_seconds", 0.0) + time.perf_counter() - self.clock
+        try:
+            return fn(*args)
+        finally:
+            self.clock = time.perf_counter()
 
     def _enter(self, stage: Stage, optimizer, scheduler):
         state, method = self.state, self.method
@@ -348,15 +366,19 @@ class _Training:
         due = (t.save_steps > 0 and self.step % t.save_steps == 0) or (
             t.get("save_minutes", 0) > 0 and time.monotonic() - self.last_save >= 60 * t.save_minutes)
         if (due or self.interrupts.requested) and self.step < self.setup.plan.end:
-            self.state.update(step=self.step, running_loss=self.running_loss.item(), running_n=self.running_n)
-            save_checkpoint(self.run_dir / "checkpoint", self.model, optimizer, scheduler, self.method, self.state,
-                            self.rid, elapsed=self.state["elapsed"] + time.time() - self.t0)
-            self.last_save = time.monotonic()
+            self._off_the_clock(self._save, optimizer, scheduler)
         if self.interrupts.requested and self.step < self.setup.plan.end:  # at the end: just finish
             log.info("interrupted by %s after step %d; checkpoint at step %d",
                      signal.Signals(self.interrupts.signum).name, self.step, self.step)
             self.progress.close()
             self.interrupts.hand_over()
+
+
+    def _save(self, optimizer, scheduler) -> None:
+        self.state.update(step=self.step, running_loss=self.running_loss.item(), running_n=self.running_n)
+        save_checkpoint(self.run_dir / "checkpoint", self.model, optimizer, scheduler, self.method, self.state,
+                        self.rid, elapsed=self.state["elapsed"] + time.time() - self.t0)
+        self.last_save = time.monotonic()
 
 
 def write_progress(run_dir: Path, step: int, total: int, metric: str | None = None, value=None) -> None:
@@ -398,7 +420,7 @@ def _finish(cfg, task, rid, fingerprint, run_dir, record_path, setup, method, mo
                      schedule=getattr(method, "schedule", None), total_steps=setup.plan.total_steps,
                      n_warmup=setup.plan.schedule.warmup, formulas=formulas(cfg, method, setup),
                      data={"fingerprint": fingerprint, "rows": {name: len(d) for name, d in setup.data.items()}},
-                     runtime=runtime(cfg, device), **extra)
+                     runtime=runtime(cfg, device, state), **extra)
     method.annotate_record(record, state.get("trace", []))
     write_record(record_path, record)
     shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)  # finished: only the record and adapter are kept
@@ -421,13 +443,21 @@ def formulas(cfg, method, setup: Setup) -> dict:
     return out
 
 
-def runtime(cfg, device: torch.device) -> dict:
-    """What actually ran (``device=auto`` hides it): tables treat a difference here like a config difference."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or
-                                                                              platform.machine())
-    return {"device": device.type, "device_name": name, "precision": cfg.train.precision,
+def runtime(cfg, device: torch.device, state: dict | None = None) -> dict:
+    """What actually ran (``device=auto`` and ``train.precision=auto`` hide it): device, driver, CUDA and torch
+    versions, the resolved precision, the compile mode and graphs compiled, and the training-only throughput (non-pad
+    tokens per second of optimizer steps, evaluations and checkpoints off the clock; compiling is on it). Tables
+    treat a different device like a different config."""
+    state = state or {}
+    seconds = state.get("train_seconds") or 0.0
+    return {**device_facts(device), "precision": resolve_precision(cfg.train.precision, device),
             "tf32": bool(device.type == "cuda" and cfg.train.tf32), "eval_batch_size": cfg.eval.batch_size,
-            "torch_threads": torch.get_num_threads(), "slurm_job": slurm_job()}
+            "torch_threads": torch.get_num_threads(), "slurm_job": slurm_job(),
+            "compile": {"mode": compile_mode(cfg.train.get("compile", "off")),
+                        **(state.get("compile_graphs") or {"graphs": None, "graph_breaks": None})},
+            "pad_buckets": cfg.data.get("pad_buckets", 0),
+            "train_seconds": seconds, "train_tokens": state.get("train_tokens"),
+            "train_tokens_per_s": state["train_tokens"] / seconds if seconds and state.get("train_tokens") else None}
 
 
 def sweep_info() -> dict | None:
@@ -541,37 +571,6 @@ def _check_writable(results_dir: Path) -> None:
     except OSError as exc:
         raise UserError(f"results_dir {str(results_dir)!r} is not writable ({exc.strerror}); "
                         f"set results_dir=<a folder you can write>") from None
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def autocast_factory(precision: str, device: torch.device):
-    """A zero-argument context factory for the forward pass: nothing (fp32) or bf16 autocast on any device."""
-    if precision == "fp32":
-        return contextlib.nullcontext
-    if precision == "bf16":
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    raise UserError(f"train.precision must be fp32 or bf16, got {precision!r}")
-
-
-def slow_bf16(precision: str, device: torch.device, cpuinfo: str | None = None) -> str | None:
-    """bf16 autocast on a CPU without native bf16 (AVX512-BF16 or AMX) is emulated: measured 14x slower than fp32
-    per MiniLM step on an AMD EPYC without AVX-512 (results/minilm_verdict/PILOT.md), 1.35x faster with it."""
-    if precision != "bf16" or device.type != "cpu":
-        return None
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return None
-    if any(flag in cpuinfo for flag in ("avx512_bf16", "amx_bf16")):
-        return None
-    return ("train.precision=bf16 on a CPU without native bf16 (no avx512_bf16 / amx_bf16 in /proc/cpuinfo): autocast "
-            "is emulated and can be ~14x slower than fp32 here; train.precision=fp32 is faster on this machine")
 
 
 def _seed_everything(seed: int) -> None:

@@ -10,6 +10,10 @@ node (:class:`_BankRows`: the cast under autocast, ``unbind``, and the code vari
 reads its row without an op of its own and the backward gathers every row's gradient in one ``stack``. The rows are
 reused when a checkpointed block recomputes in backward. A module called outside that forward (a direct call into
 a submodule, ``generate`` under the hood) finds no fresh row and makes its own (correct, a few ops more).
+
+Under ``torch.compile`` (``train.compile``) the cached rows are skipped: each module reads ``weight[index]`` in the
+compute dtype and the L1 term is the plain one, so the model traces as one graph with no state carried between
+hooks (the compiler fuses those few ops anyway).
 """
 
 from __future__ import annotations
@@ -69,6 +73,8 @@ class GateBank(nn.Module):
     def refresh(self, *_args) -> None:
         """The pre-hook: every module's gate in the compute dtype, as views of one tensor (and, when training
         with an L1 term, its value ``l1_coef * sum |g| / numel``)."""
+        if torch.compiler.is_compiling():
+            return
         dtype = self.compute_dtype()
         grad = torch.is_grad_enabled()
         l1_scale = self.l1_coef / self.weight.numel() if grad and self.l1_coef else 0.0
@@ -84,7 +90,7 @@ class GateBank(nn.Module):
     def effective(self, index: int) -> torch.Tensor:
         """Row ``index`` as the forward needs it: in the compute dtype."""
         dtype = self.compute_dtype()
-        if self._fresh(dtype):
+        if not torch.compiler.is_compiling() and self._fresh(dtype):
             return self._views[index]
         return self.weight[index].to(dtype)
 
