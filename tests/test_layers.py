@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "sora"
 
 FOUNDATION = {"sora.errors", "sora.schema", "sora.optim", "sora.metrics", "sora.config", "sora.models",
-              "sora.data", "sora.records", "sora.attention"}
+              "sora.data", "sora.records", "sora.attention", "sora.device"}
 # (package or module, what it must never import)
 RULES = [
     ("sora.tuners", ("sora.train", "sora.results", "sora.sft", "sora.records", "sora.rank_patterns", "sora.cost",
