@@ -50,3 +50,9 @@ def stock_peft_scores(cfg, adapter: Path, task: str, num_labels: int, workdir: P
                           str(cfg.data.max_len)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def pytest_collection_modifyitems(config, items):
+    """End-to-end tests (``slow``) first: under pytest-xdist the longest ones then start early instead of leaving
+    one worker running a two-minute test after the other has finished (the order within each group is kept)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -129,6 +129,7 @@ def test_an_exported_adapter_with_a_removed_module_reloads_with_identical_logits
     assert params["total_rank"] == 4 * 11
 
 
+@pytest.mark.slow
 def test_sft_on_a_tiny_llama(tmp_path):
     from sora.sft.run import run_sft
 

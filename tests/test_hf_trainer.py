@@ -156,6 +156,7 @@ def test_ranks_reach_the_trainers_log_history(tmp_path):
     assert {"sora/rank_q_proj", "sora/rank_down_proj"} <= set(logged[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make", [_llama, _gpt2], ids=["llama", "gpt2"])
 def test_decoder_export_reloads_in_stock_peft_with_the_gated_logits(make, tmp_path):
     model = _sora(make(), xi=0.02, scale=1.0)

@@ -1,6 +1,6 @@
-"""The README's "One run" block, run as written: the offline line trains to a record (cut to 4 of its 60 steps by
-one appended override: Hydra's last value wins, the rest is the line itself); the hub line, with no hub, stops at
-once with one line naming the fix (what a user on an offline node sees)."""
+"""The README's "One run" block, run as written: the offline line trains to a record (cut to 4 of its 60 steps and
+one evaluation by appended overrides: Hydra's last value wins, the rest is the line itself); the hub line, with no
+hub, stops at once with one line naming the fix (what a user on an offline node sees)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def test_the_offline_line_trains_to_a_finished_record(tmp_path):
 
     line = _one_run_block()[0]
     assert load_config(line[2:]).train.max_steps == 60  # the line as a user types it
-    res = _run(line, tmp_path, extra=("train.max_steps=4", "train.eval_steps=2"))
+    res = _run(line, tmp_path, extra=("train.max_steps=4", "train.eval_steps=4"))  # one evaluation: 408 dev rows
     assert res.returncode == 0, res.stderr[-2000:]
     record = json.loads(next(tmp_path.glob("records/*/record.json")).read_text())
     assert record["status"] == "finished" and record["method"] == "sora" and record["task"] == "mrpc"

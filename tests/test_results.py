@@ -90,6 +90,7 @@ def test_rank_frame_and_plots(records, tmp_path):
     assert heat[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_write_tables_and_cli(records, tmp_path):
     paths = write_tables(records, tmp_path / "tables")
     assert "problems.txt" in paths and "corrupt0000" in paths["problems.txt"].read_text()
