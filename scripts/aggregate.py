@@ -18,6 +18,7 @@ from sora.results import (  # noqa: E402
 from sora.results.allocation import write_allocation  # noqa: E402
 from sora.results.evidence import write_evidence  # noqa: E402
 from sora.results.frontier import write_frontier  # noqa: E402
+from sora.results.scheduler_curve import write_scheduler_curve  # noqa: E402
 from sora.results.tables import write_tables  # noqa: E402
 
 
@@ -51,6 +52,7 @@ def main(argv=None) -> int:
         write_frontier(records, task, out / "tables", out / "plots")
         write_evidence(records, task, out / "tables")
         write_allocation(records, task, out / "tables")  # only where SoRA runs have control arms
+        write_scheduler_curve(records, task, out / "tables")  # only where sparsifying-scheduler runs exist
     print((out / "tables" / "table1.md").read_text())
     print(f"{len(records)} runs; tables: {out / 'tables'}; plots: {out / 'plots'}; written: {len(paths)} tables")
     return 0
