@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sora.data.batching import encode, eval_batches, train_batches
+from sora.data.batching import encode, eval_batches, length_buckets, pad_width, train_batches
 from sora.data.glue import HELDOUT_TRAIN, protocol_splits, read_split, released_order
 from sora.data.tasks import Task, get_task
 from sora.errors import UserError
@@ -104,21 +104,25 @@ def _hydra_call(fn, *args, **kwargs):
 # ---------------------------------------------------------------- token counts
 
 
-def batch_tokens(batches: list[np.ndarray], lengths: np.ndarray, pad_to: int | None) -> tuple[int, int, int]:
+def batch_tokens(batches: list[np.ndarray], lengths: np.ndarray,
+                 pad_to: int | tuple[int, ...] | None) -> tuple[int, int, int]:
     """(padded tokens, real tokens, rows) of these batches: ``Encoded.batch`` pads each to its longest row, or
-    to ``pad_to``; so a batch is ``rows x width`` tokens of which ``sum(lengths)`` are real."""
+    to ``pad_to`` (one width, or the smallest length bucket that holds it); so a batch is ``rows x width`` tokens
+    of which ``sum(lengths)`` are real."""
     batches = [b for b in batches if len(b)]
     if not batches:
         return 0, 0, 0
     idx = np.concatenate(batches)
     sizes = np.fromiter((len(b) for b in batches), dtype=np.int64, count=len(batches))
-    widths = np.full(len(batches), pad_to, np.int64) if pad_to else \
+    widths = np.full(len(batches), pad_to, np.int64) if isinstance(pad_to, int) else \
         np.maximum.reduceat(lengths[idx], np.concatenate([[0], np.cumsum(sizes)[:-1]]))
+    if isinstance(pad_to, tuple):  # length buckets: each batch at the smallest width that holds its longest row
+        widths = np.array([pad_width(int(w), pad_to) for w in widths], np.int64)
     return int((sizes * widths).sum()), int(lengths[idx].sum()), int(sizes.sum())
 
 
 def train_tokens(lengths: np.ndarray, batch_size: int, seed: int, steps: int, steps_per_epoch: int,
-                 group_by_length: bool, pad_to: int | None) -> tuple[int, int, int]:
+                 group_by_length: bool, pad_to: int | tuple[int, ...] | None) -> tuple[int, int, int]:
     """The loop's steps 0..steps-1: step s trains batch ``s % spe`` of epoch ``s // spe``'s ``train_batches``."""
     padded = real = rows = 0
     for epoch in range(math.ceil(steps / steps_per_epoch)):
@@ -275,7 +279,7 @@ def job_cost(cfg, overrides: list[str], splits: dict[str, SplitLengths]) -> JobC
     from sora.tuners.methods import method_class
 
     t, d = cfg.train, cfg.data
-    pad_to = d.max_len if d.pad_to_max_len else None
+    pad_to = d.max_len if d.pad_to_max_len else length_buckets(d.max_len, d.get("pad_buckets", 0))
     train = splits["train"].lengths
     plan = run_plan(cfg, len(train))  # the loop's own plan: length, stages, eval cadence
     steps, n_evals = plan.end, plan.n_evals()
