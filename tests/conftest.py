@@ -5,6 +5,12 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# torch's intra-op threads per pytest-xdist worker (and per subprocess a test starts, which inherits this): the cores
+# shared out, not all of them each. 2 workers x 2 OpenMP threads on 2 cores spin against each other: the end-to-end
+# tests (train_e2e, release_fidelity, sweeps) took 647 s that way and 131 s with one thread each, same load.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
