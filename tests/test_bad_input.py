@@ -71,7 +71,7 @@ CASES = {
     "batch_size_zero": (["train.batch_size=0"], "train.batch_size must be a positive integer"),
     "variant_unknown": (["method.variant=both"], "method.variant must be one of"),
     "protocol_unknown": (["eval.protocol=test_set"], "eval.protocol must be one of best_on_dev, sora_split"),
-    "precision_unknown": (["train.precision=fp8"], "train.precision must be one of fp32, bf16"),
+    "precision_unknown": (["train.precision=fp8"], "train.precision must be one of auto, fp32, bf16"),
     "max_len_too_small": (["data.max_len=2"], "leaves no room for text"),
     "data_dir_missing": (["data.dir=/nonexistent/glue"], "is not a folder"),
     "adalora_tinit_too_late": (["method=adalora", "method.tinit=10", "method.tfinal=1", "method.ref_steps=null"],
