@@ -13,9 +13,11 @@ CURVE = [(0, 0.0, 400, 0.80, 0.90), (1, 1e-4, 300, 0.70, 0.80), (1, 1e-4, 150, 0
 SHIFT = {0: 0.00, 1: 0.02}  # seed 1 scores 2 points higher everywhere
 
 
-def _lora(seed: int, r: int, value: float, params: int, pattern: str | None = None) -> dict:
+def _lora(seed: int, r: int, value: float, params: int, pattern: str | None = None, recipe=None) -> dict:
     rec = fx.record("mrpc", "lora", seed, value)
-    rec["run_id"] = f"mrpc-lora-r{r}{pattern or ''}-s{seed}"
+    rec["run_id"] = f"mrpc-lora-r{r}{pattern or ''}{'x' if recipe else ''}-s{seed}"
+    if recipe:
+        rec["config"]["data"] = recipe
     rec["config"]["method"] = {**rec["config"]["method"], "r": r, "rank_pattern_from": pattern}
     for e in rec["evals"]:
         e["nonzero_params"] = params
@@ -39,7 +41,8 @@ def records(tmp_path):
     recs = [_scheduler(0), _scheduler(1)]
     for seed in (0, 1):
         recs += [_lora(seed, 1, 0.71 + 0.03 * seed, 100), _lora(seed, 4, 0.78, 400),
-                 _lora(seed, 8, 0.99, 140, pattern="random")]  # fits stage 1's budget, but not uniform
+                 _lora(seed, 8, 0.99, 140, pattern="random"),  # fits stage 1's budget, but not uniform
+                 _lora(seed, 2, 0.99, 150, recipe={"group_by_length": False})]  # fits, but another recipe
     for rec in recs:
         write_record(root / rec["run_id"] / "record.json", rec)
     return load_records(tmp_path / "results")
@@ -52,7 +55,7 @@ def test_stage_ends_pair_with_the_largest_uniform_rank_that_fits(records):
     assert s0.nonzero_params == 400 and s0.dev == pytest.approx(81.0) and s0.train == pytest.approx(90.0)
     assert s1.nonzero_params == 150 and s1.dev == pytest.approx(76.0)  # (75 + 77) / 2: the stage's last point
     assert "r=4" in s0.lora and s0.lora_params == 400  # 400 fits a 400 budget
-    assert "r=1" in s1.lora and s1.lora_params == 100  # r 4 is too large; the random pattern is not uniform
+    assert "r=1" in s1.lora and s1.lora_params == 100  # r 4 too large, the pattern not uniform, r 2 another recipe
     # stage 1 − LoRA r 1: seed 0: 75 − 71 = 4, seed 1: 77 − 74 = 3 -> mean 3.5, sd 0.7071, t(0.975, 1) = 12.706
     assert s1.n_pairs == 2 and s1.mean_diff == pytest.approx(3.5)
     assert s1.ci_high - s1.mean_diff == pytest.approx(12.7062 * 0.70711 / 2 ** 0.5, rel=1e-4)

@@ -39,10 +39,17 @@ def stage_ends(records: Records, task: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["seed", "stage", "xi", "nonzero_params", "total_rank", "dev", "train"])
 
 
+def _recipe(rec: dict) -> tuple:
+    ident = rec.get("identity") or rec.get("config") or {}
+    return repr(ident.get("train")), repr({k: v for k, v in (ident.get("data") or {}).items() if k != "dir"})
+
+
 def uniform_lora(records: Records, task: str) -> pd.DataFrame:
-    """Uniform-rank LoRA runs (no rank pattern) of ``task``, not diverged: label, seed, final score and params."""
+    """Uniform-rank LoRA runs (no rank pattern) of ``task`` trained with the scheduler runs' recipe (their
+    ``train`` and ``data`` settings), not diverged: label, seed, final score and params."""
     runs = run_frame(records, task)
-    uniform = [rid for rid, rec in records.raw.items() if rec["method"] == "lora"
+    recipes = {_recipe(rec) for rec in records.raw.values() if rec["task"] == task and rec.get("curve")}
+    uniform = [rid for rid, rec in records.raw.items() if rec["method"] == "lora" and _recipe(rec) in recipes
                and not (rec.get("identity") or rec.get("config") or {}).get("method", {}).get("rank_pattern_from")]
     return runs[runs.run_id.isin(uniform) & ~runs.diverged]
 
