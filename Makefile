@@ -26,7 +26,7 @@ demo: $(VENV)/.installed ## the main job: SoRA vs LoRA vs AdaLoRA on real MiniLM
 
 TEST_WORKERS ?= 4  # pytest-xdist workers at most (one per core below that)
 test: $(VENV)/.installed ## the test suite + the notebooks (offline, CPU, a few minutes)
-	SORA_RESULTS_DIR=$(CURDIR)/tests/fixtures/results MPLBACKEND=Agg $(PY) -m pytest -q -n auto --maxprocesses=$(TEST_WORKERS) --nbmake tests notebooks
+	SORA_RESULTS_DIR=$(CURDIR)/tests/fixtures/results MPLBACKEND=Agg $(PY) -m pytest -q -n auto --maxprocesses=$(TEST_WORKERS) --dist worksteal --nbmake tests notebooks
 
 lint: $(VENV)/.installed ## ruff
 	$(PY) -m ruff check .

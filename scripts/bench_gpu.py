@@ -377,6 +377,9 @@ def cli_overrides(shape: str) -> list[str]:
     return out
 
 
+LAUNCH = subprocess.run  # how a CLI run starts (the tests fork it from a server that has the imports)
+
+
 def cli_run(method: str, precision: str, args, device: torch.device, tokenizer: str, workdir: Path,
             timeout: float) -> dict:
     """One short run of scripts/train.py: its exit code, wall time and what its record says."""
@@ -390,7 +393,7 @@ def cli_run(method: str, precision: str, args, device: torch.device, tokenizer: 
     t = time.monotonic()
     try:
         env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+        proc = LAUNCH(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timeout after {timeout:.0f} s", "wall_s": time.monotonic() - t}
     out = {"rc": proc.returncode, "wall_s": time.monotonic() - t, "steps": steps}

@@ -2,7 +2,6 @@
 
 import errno
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 from sora.cli import check_group_choices, run_cli
 from sora.config import CONF_DIR, group_choices, load_config
 from sora.train.loop import train
+from tests import script_process
 from tests.conftest import GLUE_FIXTURE, ROOT
 
 pytestmark = pytest.mark.slow
@@ -214,7 +214,7 @@ def test_corrupt_record_is_reported_not_overwritten(tmp_path, capsys):
 ])
 def test_real_cli_prints_one_line(argv, match, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), *argv, f"results_dir={tmp_path}",
+    res = script_process.run([sys.executable, str(ROOT / "scripts" / "train.py"), *argv, f"results_dir={tmp_path}",
                           f"data.dir={GLUE_FIXTURE}"], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 2
     err_lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
@@ -223,7 +223,7 @@ def test_real_cli_prints_one_line(argv, match, tmp_path):
 
 
 def test_exported_adapter_asked_for_a_run_that_has_none(tmp_path):
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "eval_adapter.py"), str(tmp_path / "adapter"),
+    res = script_process.run([sys.executable, str(ROOT / "scripts" / "eval_adapter.py"), str(tmp_path / "adapter"),
                           "--task", "mrpc", "--data-dir", str(GLUE_FIXTURE)], capture_output=True, text=True)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     lines = res.stderr.strip().splitlines()
@@ -232,7 +232,7 @@ def test_exported_adapter_asked_for_a_run_that_has_none(tmp_path):
 
 def test_one_failing_run_does_not_stop_a_local_sweep(tmp_path):
     # max_steps=2 cannot hold AdaLoRA's tinit + tfinal = 3; max_steps=8 can: the sweep runs both, then exits 1
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "task=cola", "method=adalora",
+    res = script_process.run([sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "task=cola", "method=adalora",
                           "model=tiny", f"data.dir={GLUE_FIXTURE}", f"results_dir={tmp_path}", "train.max_steps=2,8",
                           "train.batch_size=8", "progress=false", "method.ref_steps=null", "method.tinit=2",
                           "method.tfinal=1", "data.max_len=64"],

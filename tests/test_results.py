@@ -1,7 +1,6 @@
 """The aggregator on hand-made records (tests/fixtures/results): values worked out by hand."""
 
 import math
-import subprocess
 import sys
 
 import pytest
@@ -16,6 +15,7 @@ from sora.results import (
     rank_frame,
 )
 from sora.results.tables import cost_table, render_table1_markdown, significance, table1, write_tables
+from tests import script_process
 from tests.conftest import FIXTURES, ROOT
 
 RESULTS = FIXTURES / "results"
@@ -95,7 +95,7 @@ def test_write_tables_and_cli(records, tmp_path):
     paths = write_tables(records, tmp_path / "tables")
     assert "problems.txt" in paths and "corrupt0000" in paths["problems.txt"].read_text()
     assert "\\begin{tabular}" in paths["table1.tex"].read_text()
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "aggregate.py"), "--results", str(RESULTS),
+    res = script_process.run([sys.executable, str(ROOT / "scripts" / "aggregate.py"), "--results", str(RESULTS),
                           "--out", str(tmp_path / "cli")], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-1500:]
     assert "not counted:" in res.stdout and (tmp_path / "cli" / "plots" / "ranks_mrpc.png").exists()

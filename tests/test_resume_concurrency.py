@@ -10,6 +10,7 @@ import time
 import pytest
 
 from sora.records import read_record
+from tests import script_process
 from tests.conftest import GLUE_FIXTURE, ROOT
 
 pytestmark = pytest.mark.slow
@@ -34,13 +35,14 @@ def _comparable(record):
     ("adalora", ("method.tinit=6", "method.tfinal=12", "method.deltaT=2", "method.ref_steps=null")),
 ])
 def test_kill_9_then_rerun_resumes_to_identical_metrics(method, extra, tmp_path):
-    clean = subprocess.run(_argv(tmp_path / "clean", method, extra), env=ENV, capture_output=True, text=True)
+    clean = script_process.run(_argv(tmp_path / "clean", method, extra), env=ENV, capture_output=True, text=True)
     assert clean.returncode == 0, clean.stderr[-2000:]
     reference = read_record(next((tmp_path / "clean").glob("records/*/record.json")))
 
     results = tmp_path / "killed"
     kill_after_evals = random.Random(os.getpid()).randint(1, 4)  # an arbitrary point: after eval k (of 6)
-    proc = subprocess.Popen(_argv(results, method, extra), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = script_process.start(_argv(results, method, extra), env=ENV, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
     deadline = time.time() + 300
     metrics = None
     while time.time() < deadline and proc.poll() is None:
@@ -54,7 +56,7 @@ def test_kill_9_then_rerun_resumes_to_identical_metrics(method, extra, tmp_path)
     run_dir = metrics.parent
     assert not (run_dir / "record.json").exists() and (run_dir / "checkpoint" / "state.pt").exists()
 
-    resumed = subprocess.run(_argv(results, method, extra), env=ENV, capture_output=True, text=True)
+    resumed = script_process.run(_argv(results, method, extra), env=ENV, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed" in (run_dir / "log.txt").read_text()
     record = read_record(run_dir / "record.json")
@@ -68,7 +70,7 @@ def test_eight_concurrent_runs_on_one_results_dir(tmp_path):
     argv = [[sys.executable, str(ROOT / "scripts" / "train.py"), "task=cola", "method=sora", "model=tiny",
              f"data.dir={GLUE_FIXTURE}", f"results_dir={tmp_path}", "train.max_steps=30", "train.eval_steps=10",
              "train.batch_size=8", "progress=false", "data.max_len=64", f"seed={s}"] for s in seeds]
-    procs = [subprocess.Popen(a, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for a in argv]
+    procs = [script_process.start(a, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for a in argv]
     outs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-500:] for o in outs]
     paths = sorted(tmp_path.glob("records/*/record.json"))
@@ -87,12 +89,13 @@ def test_eight_concurrent_runs_on_one_results_dir(tmp_path):
 def test_a_signalled_run_finishes_its_step_checkpoints_and_resumes_identically(sig, tmp_path):
     """Preemption (SIGTERM) and submitit's USR2: no step is lost, none is redone, the result is the clean one."""
     extra = ("method.variant=code", "method.xi=0.02", "train.max_steps=60", "train.save_steps=0")
-    clean = subprocess.run(_argv(tmp_path / "clean", "sora", extra), env=ENV, capture_output=True, text=True)
+    clean = script_process.run(_argv(tmp_path / "clean", "sora", extra), env=ENV, capture_output=True, text=True)
     assert clean.returncode == 0, clean.stderr[-2000:]
     reference = read_record(next((tmp_path / "clean").glob("records/*/record.json")))
 
     results = tmp_path / "signalled"
-    proc = subprocess.Popen(_argv(results, "sora", extra), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = script_process.start(_argv(results, "sora", extra), env=ENV, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
     deadline, metrics = time.time() + 300, None
     while time.time() < deadline and proc.poll() is None:
         metrics = metrics or next(results.glob("records/*/metrics.jsonl"), None)
@@ -107,7 +110,7 @@ def test_a_signalled_run_finishes_its_step_checkpoints_and_resumes_identically(s
     stopped = int(log.split("interrupted by ")[1].split("after step ")[1].split(";")[0])
     assert 12 <= stopped < 60 and (run_dir / "checkpoint" / "state.pt").exists()  # save_steps=0: only the signal
 
-    resumed = subprocess.run(_argv(results, "sora", extra), env=ENV, capture_output=True, text=True)
+    resumed = script_process.run(_argv(results, "sora", extra), env=ENV, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     log = (run_dir / "log.txt").read_text()
     assert f"resumed {reference['run_id']} at step {stopped} " in log  # 0 optimizer steps redone

@@ -25,6 +25,7 @@ from sora.run_schema import (
 )
 from sora.schema import check_node, positive, schema_defaults, spec
 from sora.tuners.methods import METHODS
+from tests import script_process
 
 
 @dataclass
@@ -157,12 +158,11 @@ def test_sft_refuses_bad_values_before_writing(override, message, tmp_path):
 def test_the_real_cli_refuses_before_any_folder(tmp_path):
     """Through Hydra's own entry point (which creates hydra.run.dir before our code runs): exit 2, one line, and
     not even the results folder exists."""
-    import subprocess
     import sys
 
     from tests.conftest import GLUE_FIXTURE, ROOT
 
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "task=cola", "model=tiny",
+    res = script_process.run([sys.executable, str(ROOT / "scripts" / "train.py"), "task=cola", "model=tiny",
                           f"data.dir={GLUE_FIXTURE}", f"results_dir={tmp_path}/res", "seed=abc"],
                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert res.returncode == 2, res.stderr

@@ -3,7 +3,6 @@ records / skip / resume like train.py, rank grids, all three methods on a tiny r
 
 import json
 import math
-import subprocess
 import sys
 
 import pytest
@@ -16,6 +15,7 @@ from sora.sft.data import IGNORE, Collator, encode
 from sora.sft.model import load_causal_lm
 from sora.sft.ranks import layer_and_matrix, rank_grid
 from sora.sft.run import run_sft, token_perplexity, total_steps
+from tests import script_process
 from tests.conftest import ROOT
 
 TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
@@ -166,8 +166,8 @@ def test_bad_sft_input_is_one_line(tmp_path):
     bad.write_text('{"prompt": "a", "answer": "b"}\n')
     for override, expected in ((f"data.path={tmp_path}/missing.jsonl", "not found"),
                                (f"data.path={bad}", "has no field 'response'")):
-        res = subprocess.run([sys.executable, str(ROOT / "scripts" / "sft.py"), f"results_dir={tmp_path}/r", override,
-                              "data.eval_path=null"], capture_output=True, text=True, timeout=300)
+        res = script_process.run([sys.executable, str(ROOT / "scripts" / "sft.py"), f"results_dir={tmp_path}/r",
+                                  override, "data.eval_path=null"], capture_output=True, text=True, timeout=300)
         assert res.returncode == 2, res.stderr[-2000:]
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], res.stderr[-2000:]

@@ -3,13 +3,13 @@
 import fcntl
 import os
 import shutil
-import subprocess
 import sys
 
 import pytest
 
 from sora.records import read_record, write_record
 from sora.status import rerun_commands, split_sweep_value, sweep_status
+from tests import script_process
 from tests.conftest import GLUE_FIXTURE, ROOT
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -23,7 +23,7 @@ def test_sweep_values_split_like_hydra():
 
 @pytest.mark.slow
 def test_status_of_a_real_sweep_in_every_state(tmp_path):
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "task=cola", "method=sora",
+    res = script_process.run([sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "task=cola", "method=sora",
                           "model=tiny", f"data.dir={GLUE_FIXTURE}", f"results_dir={tmp_path}", "train.max_steps=4",
                           "train.batch_size=8", "progress=false", "data.max_len=64", "seed=0,1,2,3,4"],
                          capture_output=True, text=True, env=ENV, timeout=600)
@@ -41,7 +41,7 @@ def test_status_of_a_real_sweep_in_every_state(tmp_path):
     fd = os.open(by_seed[4] / ".lock", os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX)  # what a live run holds
     try:
-        out = subprocess.run([sys.executable, str(ROOT / "scripts" / "status.py"), str(tmp_path), "--rerun-failed"],
+        out = script_process.run([sys.executable, str(ROOT / "scripts" / "status.py"), str(tmp_path), "--rerun-failed"],
                              capture_output=True, text=True, env=ENV, timeout=120).stdout
         in_process = rerun_commands(sweep_status(tmp_path))
     finally:

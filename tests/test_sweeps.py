@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from sora.config import CONF_DIR, group_choices, load_config
 from sora.records import read_record, run_id
+from tests import script_process
 from tests.conftest import GLUE_FIXTURE, ROOT
 
 TRAIN = [sys.executable, str(ROOT / "scripts" / "train.py")]
@@ -20,7 +21,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 @pytest.mark.slow
 def test_smoke_sweep_leaves_a_record_per_task_and_method_and_a_rerun_adds_none(tmp_path):
-    res = subprocess.run([*TRAIN, "-m", "experiment=smoke", f"results_dir={tmp_path}"], capture_output=True,
+    res = script_process.run([*TRAIN, "-m", "experiment=smoke", f"results_dir={tmp_path}"], capture_output=True,
                          text=True, env=ENV, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     paths = sorted(tmp_path.glob("records/*/record.json"))
@@ -32,7 +33,7 @@ def test_smoke_sweep_leaves_a_record_per_task_and_method_and_a_rerun_adds_none(t
         if r["method"] == "adalora":
             assert r["params"]["total_rank"] < r["params"]["max_rank"]  # 12 -> 8 per module: the budget shrank
     before = {p: p.stat().st_mtime_ns for p in paths}
-    again = subprocess.run([*TRAIN, "-m", "experiment=smoke", f"results_dir={tmp_path}"], capture_output=True,
+    again = script_process.run([*TRAIN, "-m", "experiment=smoke", f"results_dir={tmp_path}"], capture_output=True,
                            text=True, env=ENV, timeout=600)
     assert again.returncode == 0
     assert again.stdout.count("not overwriting") == len(paths)

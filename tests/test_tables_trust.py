@@ -2,7 +2,6 @@
 
 import math
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -12,6 +11,7 @@ from sora.errors import UserError
 from sora.records import write_record
 from sora.results import load_records
 from sora.results.tables import render_table1_markdown, significance, table1
+from tests import script_process
 from tests.conftest import FIXTURES, ROOT
 from tests.fixtures import make_results_fixture as fx
 
@@ -55,7 +55,7 @@ def test_a_duplicate_config_and_seed_is_an_error(results):
     _write(results, _sora_mrpc(0, 0.70, "mrpc-sora-copy-s0"))  # same configuration and seed as the fixture's
     with pytest.raises(UserError, match="two finished runs of one configuration and seed"):
         load_records(results)
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "aggregate.py"), "--results", str(results)],
+    res = script_process.run([sys.executable, str(ROOT / "scripts" / "aggregate.py"), "--results", str(results)],
                          capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "mrpc-sora-copy-s0" in res.stderr
     assert "Traceback" not in res.stderr
