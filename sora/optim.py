@@ -37,9 +37,21 @@ class LegacyAdamW(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0,
-                 correct_bias: bool = True):
+                 correct_bias: bool = True, capturable: bool = False):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, correct_bias=correct_bias)
         super().__init__(params, defaults)
+        self.capturable = capturable  # step counts and step sizes on the device: a CUDA graph can hold the step
+
+    def load_state_dict(self, state_dict) -> None:
+        """Step counts back in this optimizer's form (a device tensor when capturable, else an int), whatever
+        device the checkpoint was mapped to."""
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state and "step" in state:
+                    step = int(state["step"])
+                    state["step"] = torch.tensor(float(step), device=p.device) if self.capturable else step
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -51,11 +63,13 @@ class LegacyAdamW(torch.optim.Optimizer):
                     continue
                 state = self.state[p]
                 if not state:
-                    state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-                state["step"] += 1  # params that skipped a step (no grad) keep their own count
+                    step = torch.zeros((), device=p.device) if self.capturable else 0
+                    state.update(step=step, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                if not self.capturable:
+                    state["step"] += 1  # params that skipped a step (no grad) keep their own count
                 by_betas[tuple(group["betas"])].append((p, group, state["step"]))
         for betas, items in by_betas.items():
-            self._update(betas, items)
+            (self._update_on_device if self.capturable else self._update)(betas, items)
         return loss
 
     def _update(self, betas: tuple[float, float], items: list) -> None:
@@ -78,6 +92,46 @@ class LegacyAdamW(torch.optim.Optimizer):
         for alpha, decayed in decay.items():
             torch._foreach_add_(decayed, decayed, alpha=alpha)
 
+    def _update_on_device(self, betas: tuple[float, float], items: list) -> None:
+        """The same formula with the step count, bias corrections and step sizes as device tensors (float32, so
+        round-off apart from the host path's float64 step size); ``lr`` may be a 0-dim device tensor."""
+        beta1, beta2 = betas
+        params = [p for p, _, _ in items]
+        steps = [t for _, _, t in items]
+        exp_avg = [self.state[p]["exp_avg"] for p in params]
+        exp_avg_sq = [self.state[p]["exp_avg_sq"] for p in params]
+        torch._foreach_add_(steps, 1.0)
+        torch._foreach_mul_(exp_avg, beta1)
+        torch._foreach_add_(exp_avg, [p.grad for p in params], alpha=1.0 - beta1)
+        torch._foreach_mul_(exp_avg_sq, beta2)
+        torch._foreach_addcmul_(exp_avg_sq, [p.grad for p in params], [p.grad for p in params], value=1.0 - beta2)
+        denom = torch._foreach_sqrt(exp_avg_sq)
+        torch._foreach_add_(denom, [group["eps"] for _, group, _ in items])
+        lrs = [_as_tensor(group["lr"], p) for p, group, _ in items]
+        size = [lr.clone() for lr in lrs]  # -lr * sqrt(1 - beta2^t) / (1 - beta1^t)
+        if all(group["correct_bias"] for _, group, _ in items):
+            # 1 - beta^t as -expm1(t log beta): float32 1 - beta2^t loses ~1e-5 of itself to cancellation early on
+            bc2 = torch._foreach_mul(steps, math.log(beta2))
+            torch._foreach_expm1_(bc2)
+            torch._foreach_neg_(bc2)
+            torch._foreach_sqrt_(bc2)
+            bc1 = torch._foreach_mul(steps, math.log(beta1))
+            torch._foreach_expm1_(bc1)
+            torch._foreach_neg_(bc1)
+            torch._foreach_mul_(size, bc2)
+            torch._foreach_div_(size, bc1)
+        elif any(group["correct_bias"] for _, group, _ in items):
+            raise ValueError("capturable LegacyAdamW: correct_bias must be the same in every group")
+        torch._foreach_neg_(size)
+        update = torch._foreach_div(exp_avg, denom)
+        torch._foreach_mul_(update, size)
+        torch._foreach_add_(params, update)
+        decayed = [(p, lr * group["weight_decay"]) for (p, group, _), lr in zip(items, lrs)
+                   if group["weight_decay"] > 0.0]
+        if decayed:  # decoupled decay on the updated weights: p -= lr * wd * p
+            ps = [p for p, _ in decayed]
+            torch._foreach_sub_(ps, torch._foreach_mul(ps, [f for _, f in decayed]))
+
     @staticmethod
     def _step_size(group: dict, betas: tuple[float, float], t: int) -> float:
         beta1, beta2 = betas
@@ -85,6 +139,10 @@ class LegacyAdamW(torch.optim.Optimizer):
         if group["correct_bias"]:
             step_size = step_size * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
         return step_size
+
+
+def _as_tensor(lr, like: torch.Tensor) -> torch.Tensor:
+    return lr if isinstance(lr, torch.Tensor) else torch.tensor(lr, dtype=torch.float32, device=like.device)
 
 
 def decay_groups(params, lr: float, weight_decay: float, eps: float) -> list[dict]:
@@ -104,14 +162,29 @@ def optimizer_kind(train_cfg, method_cfg) -> str:
     return kind
 
 
-def build_optimizer(groups: list[dict], betas, device: torch.device, kind: str = "adamw") -> torch.optim.Optimizer:
+def build_optimizer(groups: list[dict], betas, device: torch.device, kind: str = "adamw",
+                    capturable: bool = False) -> torch.optim.Optimizer:
     """The one optimizer builder (the GLUE loop, the Trainer bridge, SFT, the gates' null model). Groups may carry
-    their own ``betas``/``eps`` (the released gate optimizer has its own defaults)."""
+    their own ``betas``/``eps`` (the released gate optimizer has its own defaults). ``capturable``: each group's
+    lr a 0-dim device tensor and the step counts on the device, so a CUDA graph can hold the whole step
+    (``sora.train.tail``); the numbers are the same to float32 round-off."""
+    if capturable:
+        groups = [device_lr(g, device) for g in groups]
     if kind == "adamw":
+        if capturable:  # fused takes a tensor lr on CUDA; elsewhere the capturable multi-tensor path (compiled)
+            fused = device.type == "cuda"
+            return torch.optim.AdamW(groups, betas=tuple(betas), fused=fused, capturable=not fused, foreach=not fused)
         return torch.optim.AdamW(groups, betas=tuple(betas), fused=device.type == "cuda")
     if kind == "adamw_hf_legacy":
-        return LegacyAdamW(groups, betas=tuple(betas))
+        return LegacyAdamW(groups, betas=tuple(betas), capturable=capturable)
     raise UserError(f"train.optimizer must be one of {OPTIMIZERS}, got {kind!r}")
+
+
+def device_lr(group: dict, device: torch.device) -> dict:
+    """The group's lr in a 0-dim device tensor the LR scheduler fills in place; ``initial_lr`` stays a Python
+    float, so the scheduler computes each new lr on the host and fills it without reading the device."""
+    lr = float(group["lr"])
+    return {**group, "lr": torch.tensor(lr, dtype=torch.float32, device=device), "initial_lr": lr}
 
 
 def warmup_steps(warmup: float, total_steps: int) -> int:
@@ -162,6 +235,13 @@ def linear_schedule(optimizer, plan: SchedulePlan) -> torch.optim.lr_scheduler.L
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
 
 
-def group_lrs(optimizer) -> dict[str, float]:
-    """The lr each named group uses this step (Python floats: no device sync)."""
-    return {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
+def group_lrs(optimizer, scheduler=None) -> dict[str, float]:
+    """The lr each named group uses this step, as Python floats without reading the device: a device-tensor lr
+    (capturable) is recomputed on the host from the scheduler's own rule, exactly what it filled in."""
+    lrs = {}
+    for i, g in enumerate(optimizer.param_groups):
+        lr = g["lr"]
+        if isinstance(lr, torch.Tensor):
+            lr = scheduler.base_lrs[i] * scheduler.lr_lambdas[i](scheduler.last_epoch)
+        lrs[g.get("name", str(i))] = lr
+    return lrs

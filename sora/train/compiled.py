@@ -6,6 +6,11 @@ plus the epoch's shorter last batch), so it is compiled with static shapes: a ha
 graph under ``reduce-overhead``. Without buckets nearly every batch has its own length, so only a dynamic-shape
 compile makes sense, and ``reduce-overhead`` is refused (``sora.validate``). Weights, evaluation and checkpoints use
 the module itself.
+
+``reduce-overhead`` also captures the optimizer tail (clip, optimizer step, the method's after-step) where the
+method's after-step can be captured (``Method.capturable_after_step``; AdaLoRA's budget update is host logic): the
+optimizer is then built capturable (``sora.optim.build_optimizer``: lrs in device tensors the scheduler fills in
+place, step counts on the device), so the graph holds no Python number that changes from step to step.
 """
 
 from __future__ import annotations
@@ -49,3 +54,21 @@ def _counts() -> tuple[int, int]:
     from torch._dynamo.utils import counters
 
     return int(counters["stats"]["unique_graphs"]), int(sum(counters["graph_break"].values()))
+
+
+def tail_captured(mode, method) -> bool:
+    """Whether this run compiles its optimizer tail (and so builds its optimizer capturable)."""
+    return compile_mode(mode) == "reduce-overhead" and method.capturable_after_step
+
+
+def capturable_tail(tail):
+    """``sora.train.step.optimizer_tail`` compiled: one graph for every step (the lr and τ are device tensors),
+    a CUDA graph with inductor on a GPU."""
+    options = {"mode": "reduce-overhead"} if BACKEND == "inductor" else {}
+    compiled = torch.compile(tail, backend=BACKEND, **options)
+
+    def run(method, optimizer, *args):
+        optimizer._opt_called = True  # the LR scheduler's "step was called" flag: a host attribute, set on the host
+        compiled(method, optimizer, *args)
+
+    return run

@@ -49,12 +49,12 @@ from sora.records import (
 )
 from sora.tracking import make_tracker, ranks_by_matrix
 from sora.train.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
-from sora.train.compiled import CompiledForward, compile_mode
+from sora.train.compiled import CompiledForward, capturable_tail, compile_mode, tail_captured
 from sora.train.evaluate import evaluate
 from sora.train.interrupt import Interrupts, interruptible
 from sora.train.plan import RunPlan, memorization_rows, run_plan
 from sora.train.sparsify import Stage, normalise_curve
-from sora.train.step import make_optimizer_and_schedule, optimizer_kind, train_step
+from sora.train.step import make_optimizer_and_schedule, optimizer_kind, optimizer_tail, train_step
 from sora.tuners.methods import METHODS, Batches, build_method, count_params
 from sora.validate import validate_run_config
 
@@ -230,11 +230,11 @@ def _prepare(cfg, task) -> Setup:
 def _optimizer_for(cfg, method, device, setup: Setup, stage: Stage):
     """Dense phase (and every shrink_only stage): one optimizer and one schedule over the dense steps, so
     shrink_only stages run at lr 0 exactly as released. retrain: a fresh optimizer and schedule per stage."""
+    capturable = tail_captured(cfg.train.get("compile", "off"), method)
+    plan = setup.plan.schedule
     if stage.index > 0 and cfg.scheduler.mode == "retrain":
-        length = stage.end - stage.start
-        plan = schedule_plan("standard", cfg.train.warmup, length, 0, 1, 1)
-        return make_optimizer_and_schedule(method, cfg.train, device, plan, cfg.method)
-    return make_optimizer_and_schedule(method, cfg.train, device, setup.plan.schedule, cfg.method)
+        plan = schedule_plan("standard", cfg.train.warmup, stage.end - stage.start, 0, 1, 1)
+    return make_optimizer_and_schedule(method, cfg.train, device, plan, cfg.method, capturable)
 
 
 class _Training:
@@ -246,6 +246,7 @@ class _Training:
         self.state, self.t0 = state, t0
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.compiled = CompiledForward(model, cfg.train.get("compile", "off"), bucketed=setup.pad_to is not None)
+        self.tail = capturable_tail(optimizer_tail) if tail_captured(self.compiled.mode, method) else None
         self.sparsify = setup.plan.sparsifying
         self.step = state["step"]
         self.progress = _progress(setup.plan.end, self.step, enabled=cfg.progress, desc=rid)
@@ -269,7 +270,7 @@ class _Training:
                         for idx in _epoch_order(cfg, self.setup, epoch)[offset:])
                 for batch, tokens in ahead(host, self.device):
                     loss, lrs = train_step(self.compiled.module, batch, self.method, optimizer, scheduler, self.step,
-                                           self.trainable, cfg.train.max_grad_norm, self.autocast)
+                                           self.trainable, cfg.train.max_grad_norm, self.autocast, self.tail)
                     self.step += 1
                     state["train_tokens"] = state.get("train_tokens", 0) + tokens
                     self._log_loss(loss, lrs, stage)
@@ -282,7 +283,8 @@ class _Training:
                 self._off_the_clock(self.method.export, self.run_dir / "stages" / f"stage_{stage.index}",
                                     _backbone_name(cfg))
         self._off_the_clock(lambda: None)  # the clock stops with the last step's kernels
-        state["compile_graphs"] = self.compiled.graphs()
+        graphs = self.compiled.graphs()  # None when nothing is compiled
+        state["compile_graphs"] = graphs and {**graphs, "optimizer_tail": "captured" if self.tail else "eager"}
 
     def _off_the_clock(self, fn, *args):
         """Run an evaluation, checkpoint or export outside the training-only clock (the throughput the record
@@ -304,7 +306,7 @@ class _Training:
         if self.cfg.scheduler.mode == "retrain":
             optimizer, scheduler = _optimizer_for(self.cfg, method, self.device, self.setup, stage)
         if stage.index == 1:  # the first stage starts from the references themselves: 100% / 100%
-            self._point(stage, group_lrs(optimizer))
+            self._point(stage, group_lrs(optimizer, scheduler))
         log.info("stage %d: xi=%g, steps %d..%d (%s)", stage.index, stage.xi, stage.start, stage.end,
                  self.cfg.scheduler.mode)
         return optimizer, scheduler

@@ -15,8 +15,10 @@ from sora.optim import SchedulePlan, build_optimizer, group_lrs, linear_schedule
 
 
 def train_step(model, batch: dict, method, optimizer, scheduler, step: int, clip_params: list, max_grad_norm: float,
-               autocast) -> tuple[torch.Tensor, dict[str, float]]:
-    """One optimizer step; returns the detached loss (no host sync) and the lrs this step used."""
+               autocast, tail=None) -> tuple[torch.Tensor, dict[str, float]]:
+    """One optimizer step; returns the detached loss (no host sync) and the lrs this step used. ``tail``: the
+    compiled ``optimizer_tail`` where the run captures it."""
+    tail = tail or optimizer_tail
     model.train()
     with autocast():
         loss = model(**batch).loss
@@ -24,22 +26,41 @@ def train_step(model, batch: dict, method, optimizer, scheduler, step: int, clip
         if extra is not None:
             loss = loss + extra
     loss.backward()
-    if max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(clip_params, max_grad_norm)
-    optimizer.step()
-    method.after_optimizer_step(step, optimizer)  # before the scheduler: the prox uses this step's lr
-    lrs = group_lrs(optimizer)
+    tail(method, optimizer, clip_params, max_grad_norm, step)
+    lrs = group_lrs(optimizer, scheduler)
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.detach(), lrs
 
 
-def make_optimizer(method, train_cfg, device: torch.device, method_cfg=None) -> torch.optim.Optimizer:
+def optimizer_tail(method, optimizer, clip_params: list, max_grad_norm: float, step: int) -> None:
+    """clip the global grad norm -> optimizer.step() -> the method's after-step (SoRA's prox, before the scheduler:
+    it uses this step's lr). ``train.compile=reduce-overhead`` compiles this function as one CUDA graph
+    (``sora.train.compiled.capturable_tail``); every other run calls it as is."""
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(clip_params, max_grad_norm)
+    _optimizer_step(optimizer)
+    method.after_optimizer_step(step, optimizer)
+
+
+def _optimizer_step(optimizer) -> None:
+    """``optimizer.step()`` past the LR scheduler's bookkeeping wrapper, which only sets ``_opt_called`` (set here)
+    and lives in a file dynamo never traces: a compiled tail would break its graph at it."""
+    step = optimizer.step
+    if getattr(step, "_wrapped_by_lr_sched", False):
+        optimizer._opt_called = True
+        step = step.__wrapped__.__get__(optimizer, type(optimizer))
+    step()
+
+
+def make_optimizer(method, train_cfg, device: torch.device, method_cfg=None, capturable: bool = False
+                   ) -> torch.optim.Optimizer:
     groups = method.param_groups(train_cfg.lr, train_cfg.weight_decay, train_cfg.adam_eps)
     kind = optimizer_kind(train_cfg, method_cfg or {})
-    return build_optimizer(groups, train_cfg.adam_betas, device, kind)
+    return build_optimizer(groups, train_cfg.adam_betas, device, kind, capturable=capturable)
 
 
-def make_optimizer_and_schedule(method, train_cfg, device, plan: SchedulePlan, method_cfg=None):
-    optimizer = make_optimizer(method, train_cfg, device, method_cfg)
+def make_optimizer_and_schedule(method, train_cfg, device, plan: SchedulePlan, method_cfg=None,
+                                capturable: bool = False):
+    optimizer = make_optimizer(method, train_cfg, device, method_cfg, capturable)
     return optimizer, linear_schedule(optimizer, plan)

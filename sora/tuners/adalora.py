@@ -38,6 +38,7 @@ class AdaLoraMethodSchema(AdapterKeys):
 @register
 class AdaLoraMethod(Method):
     name = "adalora"
+    capturable_after_step = False  # update_and_allocate: host-side budget schedule and masking
     schema = AdaLoraMethodSchema
     color = "tab:green"
     frontier_budget = "method.target_r=2,4,8"

@@ -56,6 +56,7 @@ class Method:
     schema = None          # the method node's dataclass (each plugin module defines it beside its class)
     color = "tab:gray"     # its colour in the frontier plot
     sparsifiable = False   # the sparsifying scheduler (Algorithm 1) can raise its threshold stage by stage
+    capturable_after_step = True  # after_optimizer_step is device ops only: a CUDA graph may hold it (no host logic)
     frontier_budget = None  # ``make frontier``'s sweep of its budget, e.g. "method.r=1,2,4,8"; None = not swept
 
     @classmethod

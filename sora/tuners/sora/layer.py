@@ -127,6 +127,10 @@ def soft_threshold_(gates: list[torch.Tensor], tau: float) -> None:
     Entries with |g| <= tau become exactly 0.0 (a later optimizer step may revive them; the next prox
     step zeroes them again unless that step exceeded tau).
     """
+    if isinstance(tau, torch.Tensor):  # a device-tensor lr (capturable step): the same floats, no host read
+        for g in gates:
+            g.copy_(g.sign() * (g.abs() - tau).clamp_min(0.0))
+        return
     if tau <= 0 or not gates:
         return
     if len(gates) == 1:  # one bank: softshrink is the same threshold, in one op
