@@ -50,8 +50,8 @@ from sora.tuners.methods import build_method  # noqa: E402
 # each SoRA variant beside LoRA under the same optimizer: the paper variant with torch AdamW (fused on CUDA), the
 # code variant (L1 term, release prox) with the release's legacy AdamW, as the CLI runs it; AdaLoRA at its
 # scripts' deltaT (10: the budget mask every 10 steps, its sensitivity update every step), not its worst case 1
-SPECS = {"sora": METHODS["sora_paper_r8"], "lora": METHODS["lora_r8"], "sora_code": METHODS["sora_code_r8"],
-         "lora_legacy": METHODS["lora_r8"], "adalora": {**METHODS["adalora_12to8"], "deltaT": 10}}
+SPECS = {"sora": METHODS["sora_paper_r8"][0], "lora": METHODS["lora_r8"][0], "sora_code": METHODS["sora_code_r8"][0],
+         "lora_legacy": METHODS["lora_r8"][0], "adalora": {**METHODS["adalora_12to8"][0], "deltaT": 10}}
 OPTIMIZER = {"lora_legacy": "adamw_hf_legacy"}  # the others: train.optimizer=auto (code variant -> legacy)
 PAIRS = {"sora_over_lora": ("sora", "lora"), "sora_code_over_lora_legacy": ("sora_code", "lora_legacy"),
          "sora_over_adalora": ("sora", "adalora")}
@@ -389,7 +389,7 @@ def cli_run(method: str, precision: str, args, device: torch.device, tokenizer: 
            *cli_overrides(args.shape), f"model.tokenizer={tokenizer}", f"data.dir={data}", f"data.max_len={max_len}",
            f"data.cache_dir={workdir / 'cache'}", f"train.max_steps={steps}", f"train.eval_steps={steps}",
            f"train.batch_size={batch}", f"train.precision={precision}", f"device={device.type}", "seed=0",
-           f"results_dir={results}", "progress=false", "train.save_steps=0"]
+           f"results_dir={results}", "progress=false", "train.save_steps=0", *args.cli_extra]
     t = time.monotonic()
     try:
         env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
@@ -603,6 +603,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--min-cli-s", type=float, default=15.0, help="assumed cost of a CLI run not yet timed")
     ap.add_argument("--cli-timeout", type=float, default=150.0)
     ap.add_argument("--no-cli", action="store_true", help="skip the CLI runs (their cells say so)")
+    ap.add_argument("--cli-extra", nargs="*", default=[], metavar="OVERRIDE",
+                    help="Hydra overrides appended to every CLI run, e.g. the captured path: "
+                         "train.compile=reduce-overhead data.pad_buckets=8 (the record's runtime says what ran)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile cells (they say so)")
     ap.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
     ap.add_argument("--attentions", nargs="+", choices=ATTENTIONS, default=list(ATTENTIONS))
@@ -638,7 +641,7 @@ def new_result(args, tokenizer: tuple) -> dict:
             "tokenizer": {"source": tokenizer[0], "kind": tokenizer[1]},
             "settings": {"warmup": args.warmup, "repeats": args.repeats, "compile_backend": args.compile_backend,
                          "compile_dynamic": args.compile_dynamic, "compile_mode": args.compile_mode,
-                         "budget_s": args.budget_s, "ratio_target": args.ratio_target,
+                         "budget_s": args.budget_s, "ratio_target": args.ratio_target, "cli_extra": args.cli_extra,
                          "methods": {m: {**COMMON, **spec} for m, spec in SPECS.items()}},
             # every cell exists from the start: a check stopped by its TIMEOUT still has a complete table
             "cells": {key(m, p, a, c): dict(NOT_REACHED) if m in args.methods else dict(NOT_SELECTED)

@@ -370,16 +370,20 @@ def rate_from_bench(path: str | Path, model_name: str, eval_cost: float = EVAL_C
         raise UserError(f"cannot read --bench {str(path)!r} ({type(exc).__name__}); give a step_time.json from "
                         f"scripts/bench_step.py or --tokens-per-s N") from None
     key = BENCH_MODELS.get(model_name, model_name)
-    if "batch" not in bench or key not in bench.get("models", {}):
+    entry = bench.get("models", {}).get(key)
+    settings = (entry or {}).get("settings", {})  # per model since the benchmark keeps each model's own row
+    batch = settings.get("batch") or bench.get("batch")
+    if entry is None or not batch:
         raise UserError(f"--bench {str(path)!r} has no step time for model {key!r} (a step_time.json from "
                         f"scripts/bench_step.py is needed); give --tokens-per-s N instead")
-    tokens = bench["batch"][0] * bench["batch"][1]
-    med = bench["models"][key]["median_s"]
-    per = {"lora": med.get("lora_r8"), "adalora": med.get("adalora_12to8"),
+    tokens = batch[0] * batch[1]
+    med = entry["median_s"]
+    per = {"lora": med.get("lora_r8"), "adalora": med.get("adalora_12to8"),  # each with the optimizer it runs
            "sora:paper": med.get("sora_paper_r8"), "sora:code": med.get("sora_code_r8")}
     machine = bench.get("machine", {})
-    device = (f"{machine.get('device', '?')}, {machine.get('cpu_threads', '?')} threads, {machine.get('dtype', '?')}"
-              f" ({key}, {bench['batch'][0]} x {bench['batch'][1]} tokens)")
+    dtype = settings.get("precision") or machine.get("dtype", "?")
+    device = (f"{machine.get('device', '?')}, {machine.get('cpu_threads', '?')} threads, {dtype}"
+              f" ({key}, {batch[0]} x {batch[1]} tokens)")
     return Rate({m: tokens / s for m, s in per.items() if s}, None, str(path), device, eval_cost)
 
 

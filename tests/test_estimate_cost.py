@@ -99,6 +99,10 @@ def test_hours_by_hand(tmp_path):
     assert r.tokens_per_s("lora") == pytest.approx(1000) and r.tokens_per_s("sora:code") == pytest.approx(500)
     with pytest.raises(UserError, match="no step time for model 'tiny'"):
         cost.rate_from_bench(bench, "tiny")
+    bench.write_text(json.dumps({"machine": {"device": "cpu"}, "models": {"minilm": {  # the per-model layout
+        "settings": {"batch": [8, 64], "precision": "fp32"}, "median_s": {"lora_r8": 0.512}}}}))
+    r = cost.rate_from_bench(bench, "minilm")
+    assert r.tokens_per_s("lora") == pytest.approx(1000) and "fp32 (minilm, 8 x 64 tokens)" in r.device
 
 
 @pytest.mark.parametrize("task", ["cola", "sst2", "mnli", "mrpc"])

@@ -227,3 +227,25 @@ def test_render_drops_the_sync_debug_modes_own_warning(tmp_path):
     assert module.drop_toggle_warning(result) == 1
     assert result["cells"]["a"] == {"syncs": 2, "sync_sites": model} and result["cells"]["b"]["syncs"] == 1
     assert "1 cell" in result["sync_filter"] and json.dumps(result)
+
+
+def test_cli_extra_overrides_reach_the_cli_run(tmp_path):
+    """``--cli-extra``: the captured path (``train.compile=reduce-overhead data.pad_buckets=8``) timed through the
+    CLI on the first GPU at hand; each CLI run's command line ends with the overrides, and a failing run is a cell."""
+    import subprocess
+
+    import torch
+
+    module = bench_gpu()
+    seen = []
+
+    def launch(cmd, **kwargs):
+        seen.append(cmd)
+        return subprocess.CompletedProcess(cmd, 2, "", "error: not run here\n")
+
+    module.LAUNCH = launch
+    extra = ["train.compile=reduce-overhead", "data.pad_buckets=8"]
+    args = module.parse_args([*TINY, "--cli-extra", *extra, "--out", str(tmp_path)])
+    cell = module.cli_run("sora", "fp32", args, torch.device("cpu"), "tok", tmp_path, timeout=10)
+    assert seen[0][-2:] == extra and "method=sora" in seen[0]
+    assert cell["error"] == "rc 2: error: not run here"
