@@ -119,15 +119,10 @@ def _forkable(argv, env, kwargs) -> bool:
         return False
     if str(argv[0]) != sys.executable or not str(argv[1]).endswith(".py"):
         return False
-    if env is not None and _SERVER_ENV is not None:
-        keys = {k for k in (*env, *_SERVER_ENV) if k.startswith(IMPORT_TIME_ENV)}
-        if any(env.get(k) != _SERVER_ENV.get(k) for k in keys):
-            return False
-    elif env is not None:
-        keys = {k for k in (*env, *os.environ) if k.startswith(IMPORT_TIME_ENV)}
-        if any(env.get(k) != os.environ.get(k) for k in keys):
-            return False
-    return True
+    wanted = os.environ if env is None else env
+    server = os.environ if _SERVER_ENV is None else _SERVER_ENV  # the server starts from this process's environment
+    keys = {k for k in (*wanted, *server) if k.startswith(IMPORT_TIME_ENV)}
+    return all(wanted.get(k) == server.get(k) for k in keys)
 
 
 def _script_main(script: str, args: list[str], env: dict, cwd: str, out: str | None, err: str | None) -> None:
