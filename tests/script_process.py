@@ -39,7 +39,12 @@ def run(argv, *, env=None, cwd=None, timeout=None, capture_output=False, text=Fa
     proc = start(argv, env=env, cwd=cwd, text=text,
                  stdout=subprocess.PIPE if capture_output else None,
                  stderr=subprocess.PIPE if capture_output else None)
-    out, err = proc.communicate(timeout=timeout)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # as subprocess.run does: a hung script never outlives its test
+        proc.wait()
+        raise
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 

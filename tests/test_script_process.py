@@ -15,7 +15,7 @@ print("preloaded" if "torch" in sys.modules else "fresh", os.getcwd(), os.enviro
 print("to stderr", file=sys.stderr)
 if sys.argv[1:] == ["sleep"]:
     import time
-    open("started", "w").close()
+    open("started", "w").write(str(os.getpid()))
     time.sleep(60)
 sys.exit(int(os.environ.get("EXIT", "0")))
 """
@@ -53,3 +53,25 @@ def test_a_started_script_is_a_process_a_signal_ends(tmp_path):
     assert proc.poll() is None
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
+
+
+def test_a_script_past_its_timeout_is_killed(tmp_path):
+    import pytest
+
+    script = tmp_path / "probe.py"
+    script.write_text(SCRIPT)
+    with pytest.raises(subprocess.TimeoutExpired):
+        script_process.run([sys.executable, str(script), "sleep"], cwd=tmp_path, capture_output=True, timeout=3)
+    pid = int((tmp_path / "started").read_text())  # the script got as far as its sleep
+    deadline = time.time() + 10
+    while time.time() < deadline and _alive(pid):
+        time.sleep(0.05)
+    assert not _alive(pid), "the timed-out script outlived its test"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = open(f"/proc/{pid}/status").read()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie has ended; only its parent has not reaped it yet
