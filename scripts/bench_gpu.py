@@ -44,7 +44,8 @@ from sora.attention import CHOICES as ATTENTIONS  # noqa: E402
 from sora.attention import set_attention  # noqa: E402
 from sora.device import autocast_factory  # noqa: E402  (the run's own precision switch)
 from sora.optim import schedule_plan  # noqa: E402
-from sora.train.step import make_optimizer_and_schedule, train_step  # noqa: E402
+from sora.train.compiled import capturable_tail  # noqa: E402
+from sora.train.step import make_optimizer_and_schedule, optimizer_tail, train_step  # noqa: E402
 from sora.tuners.methods import build_method  # noqa: E402
 
 # each SoRA variant beside LoRA under the same optimizer: the paper variant with torch AdamW (fused on CUDA), the
@@ -121,8 +122,12 @@ class Runner:
         train_cfg = OmegaConf.load(ROOT / "conf" / "train.yaml").train
         train_cfg.optimizer = OPTIMIZER.get(method, train_cfg.optimizer)
         plan = schedule_plan("standard", train_cfg.warmup, total, 0, 1, 1)
+        # reduce-overhead captures the optimizer tail as the loop does (train.compile=reduce-overhead): capturable
+        # optimizer, compiled clip -> step -> after-step; AdaLoRA's host-logic after-step keeps it eager
+        captured = compiled and args.compile_mode == "reduce-overhead" and self.method.capturable_after_step
         self.optimizer, self.scheduler = make_optimizer_and_schedule(self.method, train_cfg, device, plan,
-                                                                     OmegaConf.create(SPECS[method]))
+                                                                     OmegaConf.create(SPECS[method]), captured)
+        self.tail = capturable_tail(optimizer_tail, args.compile_backend) if captured else None
         self.max_grad_norm = train_cfg.max_grad_norm
         self.autocast = autocast_factory(precision, device)
         self.forward = compiled_forward(self.model, args) if compiled else self.model
@@ -130,7 +135,7 @@ class Runner:
     def run(self, batch: dict) -> None:
         """One optimizer step exactly as the loop runs it: no synchronisation of its own."""
         train_step(self.forward, batch, self.method, self.optimizer, self.scheduler, self.n, self.trainable,
-                   self.max_grad_norm, self.autocast)
+                   self.max_grad_norm, self.autocast, self.tail)
         self.n += 1
 
     def step(self, batch: dict) -> float:
@@ -223,7 +228,8 @@ def time_group(group: tuple, args, device: torch.device, batch: dict) -> tuple[d
     for m in args.methods:
         try:
             runner = Runner(m, precision, attention, comp == "on", args, device)
-            cells[m] = {"first_step_s": runner.step(batch)}  # compilation and autotuning happen here
+            cells[m] = {"first_step_s": runner.step(batch),  # compilation and autotuning happen here
+                        "optimizer_tail": "captured" if getattr(runner, "tail", None) else "eager"}
             runners[m] = runner
         except Exception as exc:  # a configuration that cannot run is a finding, not the end of the check
             cells[m] = {"error": error_text(exc)}

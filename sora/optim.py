@@ -171,10 +171,10 @@ def build_optimizer(groups: list[dict], betas, device: torch.device, kind: str =
     if capturable:
         groups = [device_lr(g, device) for g in groups]
     if kind == "adamw":
-        if capturable:  # fused takes a tensor lr on CUDA; elsewhere the capturable multi-tensor path (compiled)
-            fused = device.type == "cuda"
-            return torch.optim.AdamW(groups, betas=tuple(betas), fused=fused, capturable=not fused, foreach=not fused)
-        return torch.optim.AdamW(groups, betas=tuple(betas), fused=device.type == "cuda")
+        if capturable and device.type != "cuda":  # no CUDA graph here; the multi-tensor capturable path takes a
+            # tensor lr and runs compiled (the captured tail always is; eager it asserts a CUDA device)
+            return torch.optim.AdamW(groups, betas=tuple(betas), foreach=True, capturable=True)
+        return torch.optim.AdamW(groups, betas=tuple(betas), fused=device.type == "cuda")  # fused: a tensor lr too
     if kind == "adamw_hf_legacy":
         return LegacyAdamW(groups, betas=tuple(betas), capturable=capturable)
     raise UserError(f"train.optimizer must be one of {OPTIMIZERS}, got {kind!r}")

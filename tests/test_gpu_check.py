@@ -185,18 +185,25 @@ def test_a_subset_of_methods_compiled_static_in_another_mode(tmp_path, monkeypat
     module = bench_gpu()
     calls = []
 
-    def fake_compile(model, **kwargs):
+    real_compile = module.torch.compile
+
+    def fake_compile(model, **kwargs):  # the options recorded; the model runs eager, the tail is traced by dynamo
         calls.append(kwargs)
-        return model
+        return model if isinstance(model, module.torch.nn.Module) else real_compile(model, backend="eager")
 
     monkeypatch.setattr(module.torch, "compile", fake_compile)
     result = module.main([*TINY, "--no-cli", "--methods", "sora", "lora", "--precisions", "bf16", "--attentions",
                           "eager", "--compile-dynamic", "false", "--compile-mode", "reduce-overhead",
                           "--budget-s", "1200", "--tag", "graphs", "--out", str(tmp_path)])
     check_cells(result)
-    assert calls == [{"dynamic": False, "backend": "inductor", "mode": "reduce-overhead"}] * 2  # SoRA, LoRA
+    # SoRA, LoRA: the optimizer tail (captured, as train.compile=reduce-overhead runs it), then the forward
+    tail, forward = {"backend": "inductor", "mode": "reduce-overhead"}, {"dynamic": False, **{
+        "backend": "inductor", "mode": "reduce-overhead"}}
+    assert calls == [tail, forward] * 2
     for method in ("sora", "lora"):
         assert "step_ms" in result["cells"][f"{method}|bf16|eager|on"]
+        assert result["cells"][f"{method}|bf16|eager|on"]["optimizer_tail"] == "captured"
+        assert result["cells"][f"{method}|bf16|eager|off"]["optimizer_tail"] == "eager"
     assert result["cells"]["adalora|bf16|eager|on"]["error"] == "skipped: not selected (--methods)"
     assert result["cells"]["adalora|bf16|eager|off"]["error"] == "skipped: not selected (--methods)"
     assert result["ratios"]["bf16|eager|on"]["sora_over_lora"] is not None

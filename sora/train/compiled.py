@@ -61,11 +61,12 @@ def tail_captured(mode, method) -> bool:
     return compile_mode(mode) == "reduce-overhead" and method.capturable_after_step
 
 
-def capturable_tail(tail):
+def capturable_tail(tail, backend: str | None = None):
     """``sora.train.step.optimizer_tail`` compiled: one graph for every step (the lr and τ are device tensors),
-    a CUDA graph with inductor on a GPU."""
-    options = {"mode": "reduce-overhead"} if BACKEND == "inductor" else {}
-    compiled = torch.compile(tail, backend=BACKEND, **options)
+    a CUDA graph with inductor on a GPU. ``backend``: this module's ``BACKEND`` unless a benchmark says."""
+    backend = backend or BACKEND
+    options = {"mode": "reduce-overhead"} if backend == "inductor" else {}
+    compiled = torch.compile(tail, backend=backend, **options)
 
     def run(method, optimizer, *args):
         optimizer._opt_called = True  # the LR scheduler's "step was called" flag: a host attribute, set on the host
