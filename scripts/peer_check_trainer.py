@@ -42,6 +42,9 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from sora.results.evidence import paired_stats, verdict  # noqa: E402  (the tables' own seed-paired statistics only)
+
 DATA = ROOT / "data" / "glue_sample"
 COLUMNS = {"mrpc": ("sentence1", "sentence2"), "stsb": ("sentence1", "sentence2"), "cola": ("sentence", None)}
 SELECT = {"mrpc": "f1", "stsb": "pearson", "cola": "mcc"}  # as released: MRPC selects on F1
@@ -327,12 +330,16 @@ def pair_lines(harness: dict[int, float], peer: dict[int, float], title: str) ->
     h, p = [harness[s] * 100 for s in seeds], [peer[s] * 100 for s in seeds]
     spread, diff = max(statistics.stdev(p), statistics.stdev(h)), statistics.mean(h) - statistics.mean(p)
     ok = abs(diff) <= spread
+    paired = paired_stats([a - b for a, b in zip(h, p)])  # what this many seeds can detect, beside the rule
     return [f"## {title}", "", "| seed | harness | transformers.Trainer + peft |", "|---|---|---|",
             *[f"| {s} | {harness[s] * 100:.2f} | {peer[s] * 100:.2f} |" for s in seeds],
             f"| mean ± std | {statistics.mean(h):.2f} ± {statistics.stdev(h):.2f} | "
             f"{statistics.mean(p):.2f} ± {statistics.stdev(p):.2f} |", "",
             f"difference of means {diff:+.2f}; larger seed std {spread:.2f}: "
-            f"{'agree (|diff| <= spread)' if ok else 'DISAGREE (|diff| > spread)'}", ""], ok
+            f"{'agree (|diff| <= spread)' if ok else 'DISAGREE (|diff| > spread)'}",
+            f"seed-paired harness − peer: {paired['mean_diff']:+.2f} [{paired['ci_low']:+.2f}, "
+            f"{paired['ci_high']:+.2f}] (95 %, n = {paired['n_pairs']}), MDD {paired['mdd']:.2f}: "
+            f"{verdict(paired, 'harness', 'peer')}", ""], ok
 
 
 def measure_blocks(measure: str, suffix: str, ours: dict, peer: dict) -> tuple[list[str], list[bool]]:

@@ -172,3 +172,12 @@ def test_verdict_smoke_run_trains_only_the_adapters(peer, tmp_path, capsys):
     assert {"select_pearson", "report_pearson"} <= set(result["history"][-1])
     assert peer.peer_results("stsb", out, peer.settings("verdict", 1)) == {}  # smoke (and another head): never compared
     capsys.readouterr()
+
+
+def test_each_pair_states_its_seed_paired_interval_and_what_n_detects(peer):
+    """Hand values: harness − peer per seed 1, 2, 0 (x100): mean 1.00, sd 1.00, n 3; t_0.975,2 = 4.303 ->
+    interval 1 ± 4.303 / √3 = [−1.48, +3.48]; MDD = (4.303 + t_0.8,2 = 1.061) / √3 = 3.10."""
+    lines, ok = peer.pair_lines({0: 0.80, 1: 0.83, 2: 0.81}, {0: 0.79, 1: 0.81, 2: 0.81}, "t")
+    assert ok is True
+    assert ("seed-paired harness − peer: +1.00 [-1.48, +3.48] (95 %, n = 3), MDD 3.10: unresolved; |Δ| < MDD"
+            in lines)
