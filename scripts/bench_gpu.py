@@ -52,8 +52,8 @@ from sora.tuners.methods import build_method  # noqa: E402
 # code variant (L1 term, release prox) with the release's legacy AdamW, as the CLI runs it; AdaLoRA at its
 # scripts' deltaT (10: the budget mask every 10 steps, its sensitivity update every step), not its worst case 1
 SPECS = {"sora": METHODS["sora_paper_r8"][0], "lora": METHODS["lora_r8"][0], "sora_code": METHODS["sora_code_r8"][0],
-         "lora_legacy": METHODS["lora_r8"][0], "adalora": {**METHODS["adalora_12to8"][0], "deltaT": 10}}
-OPTIMIZER = {"lora_legacy": "adamw_hf_legacy"}  # the others: train.optimizer=auto (code variant -> legacy)
+         "lora_legacy": METHODS["lora_r8_legacy"][0], "adalora": {**METHODS["adalora_12to8"][0], "deltaT": 10}}
+OPTIMIZER = {"lora_legacy": METHODS["lora_r8_legacy"][1]}  # the others: train.optimizer=auto (code -> legacy)
 PAIRS = {"sora_over_lora": ("sora", "lora"), "sora_code_over_lora_legacy": ("sora_code", "lora_legacy"),
          "sora_over_adalora": ("sora", "adalora")}
 CLI_METHODS = ("sora", "lora", "adalora")  # the real CLI, each method at its conf/method defaults

@@ -100,11 +100,12 @@ class LegacyAdamW(torch.optim.Optimizer):
         steps = [t for _, _, t in items]
         exp_avg = [self.state[p]["exp_avg"] for p in params]
         exp_avg_sq = [self.state[p]["exp_avg_sq"] for p in params]
+        grads = [p.grad for p in params]
         torch._foreach_add_(steps, 1.0)
         torch._foreach_mul_(exp_avg, beta1)
-        torch._foreach_add_(exp_avg, [p.grad for p in params], alpha=1.0 - beta1)
+        torch._foreach_add_(exp_avg, grads, alpha=1.0 - beta1)
         torch._foreach_mul_(exp_avg_sq, beta2)
-        torch._foreach_addcmul_(exp_avg_sq, [p.grad for p in params], [p.grad for p in params], value=1.0 - beta2)
+        torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1.0 - beta2)
         denom = torch._foreach_sqrt(exp_avg_sq)
         torch._foreach_add_(denom, [group["eps"] for _, group, _ in items])
         lrs = [_as_tensor(group["lr"], p) for p, group, _ in items]

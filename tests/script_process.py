@@ -98,11 +98,7 @@ class ForkedScript:
 
     def communicate(self, timeout=None):
         self.wait(timeout)
-        return tuple(self._read(path) if path not in (None, os.devnull) else None for path in self._paths)
-
-    def _read(self, path: str):
-        data = Path(path).read_bytes() if Path(path).exists() else b""
-        return data.decode(errors="replace") if self._text else data
+        return tuple(_read(path, self._text) if path not in (None, os.devnull) else None for path in self._paths)
 
     def kill(self):
         self._proc.kill()
@@ -115,8 +111,13 @@ class _LateFile:
         self._path, self._text = path, text
 
     def read(self):
-        data = Path(self._path).read_bytes() if Path(self._path).exists() else b""
-        return data.decode(errors="replace") if self._text else data
+        return _read(self._path, self._text)
+
+
+def _read(path: str, text: bool):
+    """What a script wrote to a captured stream (nothing yet: empty)."""
+    data = Path(path).read_bytes() if Path(path).exists() else b""
+    return data.decode(errors="replace") if text else data
 
 
 def _forkable(argv, env, kwargs) -> bool:

@@ -44,11 +44,10 @@ def optimizer_tail(method, optimizer, clip_params: list, max_grad_norm: float, s
 
 
 def _optimizer_step(optimizer) -> None:
-    """``optimizer.step()`` past the LR scheduler's bookkeeping wrapper, which only sets ``_opt_called`` (set here)
-    and lives in a file dynamo never traces: a compiled tail would break its graph at it."""
+    """``optimizer.step()``; while compiling, past the LR scheduler's bookkeeping wrapper, which lives in a file
+    dynamo never traces (the graph would break at it) and only sets a host flag (``capturable_tail`` sets it)."""
     step = optimizer.step
-    if getattr(step, "_wrapped_by_lr_sched", False):
-        optimizer._opt_called = True
+    if torch.compiler.is_compiling() and getattr(step, "_wrapped_by_lr_sched", False):
         step = step.__wrapped__.__get__(optimizer, type(optimizer))
     step()
 
