@@ -48,7 +48,8 @@ def _optimizer_step(optimizer) -> None:
     dynamo never traces (the graph would break at it) and only sets a host flag (``capturable_tail`` sets it)."""
     step = optimizer.step
     if torch.compiler.is_compiling() and getattr(step, "_wrapped_by_lr_sched", False):
-        step = step.__wrapped__.__get__(optimizer, type(optimizer))
+        step.__wrapped__(optimizer)  # the unbound step the wrapper calls; ``__get__`` breaks torch 2.11's trace
+        return
     step()
 
 
