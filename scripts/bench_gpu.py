@@ -351,7 +351,7 @@ def pick_tokenizer(choice: str, shape: str) -> tuple[str | None, str]:
         return choice, "given (--tokenizer)"
     if shape == "tiny":
         return MINILM_TOKENIZER, "MiniLM WordPiece (the tiny model's own vocabulary, conf/model/tiny.yaml)"
-    for path in (ROOT / ".gpu" / "tokenizer", ROOT.parent / "shared" / "deberta-v3-base"):
+    for path in (ROOT / os.environ.get("GPU_DIR", ".gpu") / "tokenizer", ROOT.parent / "shared" / "deberta-v3-base"):
         if (path / "spm.model").is_file():
             where = path.relative_to(ROOT.parent) if path.is_relative_to(ROOT.parent) else path
             return str(path), f"DeBERTa-v3 sentencepiece ({where})"
@@ -730,6 +730,8 @@ def print_targets(result: dict) -> None:
     limit = result["settings"]["ratio_target"]
     for group, t in result["targets"].items():
         print(f"TARGET [{group}] SoRA/LoRA {fmt(t['sora_over_lora'], '.3f')} <= {limit}: {verdict(t['ratio_ok'])}; "
+              f"SoRA code/LoRA legacy {fmt(t.get('sora_code_over_lora_legacy'), '.3f')}: "
+              f"{verdict(t.get('code_ratio_ok'))}; "
               f"SoRA host syncs/step {fmt(t['sora_syncs'], 'd')} == 0: {verdict(t['syncs_ok'])} "
               f"(beyond LoRA's: {own_syncs(t)}: {verdict(t.get('own_syncs_ok'))})")
 

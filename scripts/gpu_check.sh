@@ -3,7 +3,7 @@
 #   scripts/gpu_check.sh [bench_gpu.py options]   DeBERTa-v3-base shape -> results/bench/gpu_<card>.{json,md}
 #   DEVICE=cpu scripts/gpu_check.sh               the CPU smoke run (small shapes) -> results/bench/gpu_cpu_smoke.*
 #   scripts/gpu_check.sh prepare                  here, before a session on a bare GPU machine: .gpu/ gets the
-#       wheels that machine lacks (pinned to this .venv's versions) and the DeBERTa-v3 tokenizer; carry .gpu.
+#       wheels that machine lacks (scripts/gpu_pins.py: this .venv's versions) and the DeBERTa-v3 tokenizer; carry .gpu.
 # Env: DEVICE (auto|cuda|cpu), TIMEOUT (s, default 480: the whole check), PY (python), OUT (also copy the
 # outputs and the log there), THREADS and COMPILE_BACKEND (CPU only; default 1 and eager).
 # A configuration that fails is an error string in its table cell, not a crash.
@@ -15,34 +15,72 @@ if [ -z "${PY:-}" ]; then
     [ -x .venv/bin/python ] && PY=.venv/bin/python
 fi
 
-prepare() {  # wheels for python 3.12 / x86-64 (the GPU image's python), no network needed over there
-    mkdir -p .gpu/wheels .gpu/tokenizer
-    exclude=$(git rev-parse --git-path info/exclude)  # .gpu/ stays out of git; the device call carries it
-    mkdir -p "$(dirname "$exclude")"
-    grep -qx '/.gpu/' "$exclude" 2>/dev/null || echo '/.gpu/' >> "$exclude"
-    pins=$("$PY" -c 'from importlib.metadata import version as v
-print(" ".join(f"{p}=={v(p)}" for p in ("transformers", "peft", "hydra-core", "omegaconf", "disentangled-flash",
-                                       "regex")))')
-    # shellcheck disable=SC2086
-    "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        -d .gpu/wheels $pins
-    antlr=$("$PY" -c 'from importlib.metadata import version as v; print(v("antlr4-python3-runtime"))')
-    "$PY" -m pip wheel -q --no-deps -w .gpu/wheels "antlr4-python3-runtime==$antlr"  # an sdist on PyPI
-    if [ -f ../shared/deberta-v3-base/spm.model ]; then
-        cp ../shared/deberta-v3-base/{spm.model,tokenizer_config.json,config.json} .gpu/tokenizer/
+GPU_DIR=${GPU_DIR:-.gpu}             # the wheels and tokenizer a bare GPU machine gets (carry it)
+GPU_PYTHON=${GPU_PYTHON:-3.12}       # the GPU image's python
+
+prepare() {  # here, with network: the wheels the GPU image lacks or has too old, for its python, and the tokenizer
+    mkdir -p "$GPU_DIR/wheels" "$GPU_DIR/tokenizer"
+    if [ "$GPU_DIR" = .gpu ]; then  # .gpu/ stays out of git; the device call carries it
+        exclude=$(git rev-parse --git-path info/exclude)
+        mkdir -p "$(dirname "$exclude")"
+        grep -qx '/.gpu/' "$exclude" 2>/dev/null || echo '/.gpu/' >> "$exclude"
     fi
-    du -sh .gpu; ls .gpu/wheels .gpu/tokenizer
+    rm -f "$GPU_DIR"/wheels/*.whl
+    # every package the check imports beyond torch, with all it requires, at this environment's (CI's) versions
+    "$PY" scripts/gpu_pins.py --python "$GPU_PYTHON" | tr ' ' '\n' > "$GPU_DIR/pins.txt"
+    while read -r pin; do  # a binary wheel for the image's python, else a wheel built here (pure-python sdists)
+        "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$GPU_PYTHON" --implementation cp \
+            --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+            -d "$GPU_DIR/wheels" "$pin" 2>/dev/null || "$PY" -m pip wheel -q --no-deps -w "$GPU_DIR/wheels" "$pin"
+    done < "$GPU_DIR/pins.txt"
+    if [ -f ../shared/deberta-v3-base/spm.model ]; then
+        cp ../shared/deberta-v3-base/{spm.model,tokenizer_config.json,config.json} "$GPU_DIR/tokenizer/"
+    fi
+    du -sh "$GPU_DIR"; wc -l < "$GPU_DIR/pins.txt"; ls "$GPU_DIR/wheels" | wc -l
 }
 
 if [ "${1:-}" = prepare ]; then prepare; exit 0; fi
 
-# a bare GPU machine (its python has torch but not the project's packages): the pins from .gpu/, beside its torch
-if compgen -G ".gpu/wheels/*.whl" > /dev/null && ! "$PY" -c "import hydra, peft, disentangled_flash" 2>/dev/null; then
-    site=/tmp/gpu_check_site
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
-        .gpu/wheels/*.whl
-    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+# a bare GPU machine (its python has torch, older or no copies of the rest): the pins, resolved offline by pip, which
+# installs what is missing or different and checks that what it keeps satisfies every requirement
+if [ -f "$GPU_DIR/pins.txt" ]; then
+    "$PY" -m pip install -q --no-index --find-links "$GPU_DIR/wheels" --no-compile --no-cache-dir \
+        --disable-pip-version-check -r "$GPU_DIR/pins.txt" || { echo "gpu_check: installing $GPU_DIR's pins failed"; exit 3; }
+fi
+
+# One device call holds the whole GPU session (15 minutes of device time, a machine's start included): the checks
+# issue 26 needs, most important first, each its own process and JSON (a part cut short keeps what it measured), all
+# inside SESSION_S seconds (default 480). The eager step of all five methods in fp32 and bf16 with kernel counts
+# (~1 min), then CUDA graphs (inductor reduce-overhead, static shape, bf16, the tail captured) for the paper pair,
+# then the code pair (each pair ~2-4 min: the H200 compiled one model in 55-102 s).
+if [ "${1:-}" = session ]; then
+    shift
+    total=${SESSION_S:-480}
+    marker=$(mktemp)
+    log=$(mktemp)
+    part() {  # part CAP_S ARGS...: one check, its TIMEOUT the smaller of CAP_S and the session's time left
+        local cap=$1 left=$(( total - SECONDS ))
+        shift
+        if [ "$left" -lt 60 ]; then echo "gpu_check session: no time left for: $*"; return 0; fi
+        (( cap > left )) && cap=$left
+        OUT="" TIMEOUT=$cap "$0" --budget-s $(( cap - 20 )) "$@" "${extra[@]}" || true
+    }
+    extra=("$@")
+    {
+        command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+        part 150 --tag eager --no-cli --no-compile --attentions eager --methods sora lora sora_code lora_legacy adalora
+        graphs=(--no-cli --precisions bf16 --attentions eager --compile-dynamic false --compile-mode reduce-overhead
+                --min-compile-group-s 0)
+        part 300 --tag graphs "${graphs[@]}" --methods sora lora
+        part 300 --tag graphs_code "${graphs[@]}" --methods sora_code lora_legacy
+        echo "gpu_check session: ${SECONDS} s"
+    } 2>&1 | tee "$log"
+    if [ -n "${OUT:-}" ]; then
+        find results/bench -maxdepth 1 -name 'gpu_*' -newer "$marker" -exec cp {} "$OUT"/ \;
+        cp "$log" "$OUT/gpu_session.log"
+    fi
+    rm -f "$marker" "$log"
+    exit 0
 fi
 
 DEVICE=${DEVICE:-auto}

@@ -41,6 +41,8 @@ class LegacyAdamW(torch.optim.Optimizer):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, correct_bias=correct_bias)
         super().__init__(params, defaults)
         self.capturable = capturable  # step counts and step sizes on the device: a CUDA graph can hold the step
+        if capturable:
+            self._static_state()
 
     def load_state_dict(self, state_dict) -> None:
         """Step counts back in this optimizer's form (a device tensor when capturable, else an int), whatever
@@ -52,6 +54,24 @@ class LegacyAdamW(torch.optim.Optimizer):
                 if state and "step" in state:
                     step = int(state["step"])
                     state["step"] = torch.tensor(float(step), device=p.device) if self.capturable else step
+        if self.capturable:
+            self._static_state()
+
+    def _static_state(self) -> None:
+        """Capturable: every parameter's state made now (the zeros the first step would make) and marked a static
+        input, as dynamo marks torch's own optimizers' state. A CUDA graph tree may mutate a static input in place,
+        not an ordinary one: state created inside the first captured step, or left unmarked, would make inductor
+        skip CUDA graphs for the whole tail ("skipping cudagraphs due to mutated inputs")."""
+        from torch._dynamo import mark_static_address
+
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state[p]
+                if not state:
+                    state.update(step=torch.zeros((), device=p.device), exp_avg=torch.zeros_like(p),
+                                 exp_avg_sq=torch.zeros_like(p))
+                for tensor in state.values():
+                    mark_static_address(tensor)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -184,8 +204,12 @@ def build_optimizer(groups: list[dict], betas, device: torch.device, kind: str =
 def device_lr(group: dict, device: torch.device) -> dict:
     """The group's lr in a 0-dim device tensor the LR scheduler fills in place; ``initial_lr`` stays a Python
     float, so the scheduler computes each new lr on the host and fills it without reading the device."""
+    from torch._dynamo import mark_static_address
+
     lr = float(group["lr"])
-    return {**group, "lr": torch.tensor(lr, dtype=torch.float32, device=device), "initial_lr": lr}
+    tensor = torch.tensor(lr, dtype=torch.float32, device=device)
+    mark_static_address(tensor)  # filled in place, so a CUDA graph may read it where it is instead of copying it
+    return {**group, "lr": tensor, "initial_lr": lr}
 
 
 def warmup_steps(warmup: float, total_steps: int) -> int:

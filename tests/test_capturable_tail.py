@@ -17,7 +17,7 @@ import torch
 import sora.train.compiled as compiled
 from sora.config import load_config
 from sora.models import load_model
-from sora.optim import group_lrs, schedule_plan
+from sora.optim import LegacyAdamW, group_lrs, schedule_plan
 from sora.train.compiled import capturable_tail, tail_captured
 from sora.train.step import make_optimizer_and_schedule, optimizer_tail, train_step
 from sora.tuners.methods import build_method
@@ -95,6 +95,42 @@ def test_captured_tail_is_the_eager_tail_with_the_same_graphs_every_step(case, m
         zeros = [g.detach().eq(0) for g in gate_parameters(eager.model)]
         assert sum(int(z.sum()) for z in zeros) > 0, "the prox zeroed nothing: the case tests too little"
         assert all(torch.equal(a, g.detach().eq(0)) for a, g in zip(zeros, gate_parameters(fast.model)))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_what_the_captured_tail_mutates_is_static_for_cuda_graphs(case, monkeypatch):
+    """A CUDA graph tree may mutate a static input (a parameter, an optimizer's state, marked) or a tensor of an
+    earlier CUDA graph's pool (the gradients, from the compiled backward), nothing else: one other mutated input and
+    inductor skips CUDA graphs for the whole tail. Observed here through dynamo's own placeholder metadata (what
+    inductor reads as ``static_input_idxs``): torch AdamW's state dynamo marks itself; LegacyAdamW's was made
+    inside the first captured step and unmarked (the code variant's tail would have run without a CUDA graph)."""
+    from torch._dynamo.utils import get_static_address_type
+
+    mutated = []
+
+    def backend(gm, example_inputs):
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+
+        def run(*args):
+            versions = [a._version if isinstance(a, torch.Tensor) else None for a in args]
+            out = gm.forward(*args)
+            for node, arg, version in zip(placeholders, args, versions, strict=True):
+                if isinstance(arg, torch.Tensor) and arg._version != version:
+                    static = node.meta.get("tensor_dict", {}).get("_dynamo_static_input_type")
+                    mutated.append((node._dynamo_source.name, static or get_static_address_type(arg)))
+            return out
+
+        return run
+
+    monkeypatch.setattr(compiled, "BACKEND", backend)
+    torch._dynamo.reset()
+    _, optimizer, _, graphs = _train(CASES[case], captured=True)
+    names = {name for name, _ in mutated}
+    assert any(name.endswith(".grad") for name in names), "the clip's gradients: the check saw the tail"
+    if isinstance(optimizer, LegacyAdamW):  # its whole step is one graph: params and state are its inputs
+        assert any("exp_avg_sq" in name for name in names) and any("['step']" in name for name in names)
+    bad = sorted({name for name, static in mutated if not static and not name.endswith(".grad")})
+    assert not bad, bad
 
 
 def test_tensor_threshold_is_the_float_threshold():

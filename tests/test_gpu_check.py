@@ -256,3 +256,44 @@ def test_cli_extra_overrides_reach_the_cli_run(tmp_path):
     cell = module.cli_run("sora", "fp32", args, torch.device("cpu"), "tok", tmp_path, timeout=10)
     assert seen[0][-2:] == extra and "method=sora" in seen[0]
     assert cell["error"] == "rc 2: error: not run here"
+
+
+def test_the_session_plan_runs_its_parts_in_order_inside_its_time(tmp_path):
+    """``scripts/gpu_check.sh session``: one device call for the whole GPU session. The eager step of the five
+    methods first, then CUDA graphs for the paper pair, then for the code pair; each part's TIMEOUT is its cap or
+    the session's time left, its bench budget 20 s less, the caller's extra options last (they win); a part with
+    under 60 s left is not started and says so. A stub stands in for python (no measuring here)."""
+    import os
+    import subprocess
+
+    stub, calls = tmp_path / "python", tmp_path / "calls.txt"
+    stub.write_text(f'#!/usr/bin/env bash\necho "TIMEOUT=$TIMEOUT $*" >> {calls}\n')
+    stub.chmod(0o755)
+    env = {**os.environ, "PY": str(stub), "GPU_DIR": str(tmp_path / "none"), "DEVICE": "cpu"}
+
+    def session(seconds: int) -> tuple[list[list[str]], str]:
+        calls.unlink(missing_ok=True)
+        out = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "session", "--shape", "tiny"],
+                             env={**env, "SESSION_S": str(seconds)}, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        lines = calls.read_text().splitlines() if calls.exists() else []
+        return [line.split() for line in lines], out.stdout
+
+    parts, _ = session(480)
+    assert [p[p.index("--tag") + 1] for p in parts] == ["eager", "graphs", "graphs_code"]
+    timeouts = [int(p[0].removeprefix("TIMEOUT=")) for p in parts]
+    assert timeouts == [150, 300, 300]  # the stub returns at once: every part gets its cap
+    for p, limit in zip(parts, timeouts, strict=True):
+        assert p[p.index("--budget-s") + 1] == str(limit - 20)
+        assert p[-2:] == ["--shape", "tiny"]  # the caller's options come last, so they override the part's
+        assert "--small" in p and "--compile-backend" in p  # DEVICE=cpu: the smoke settings reach every part
+    eager, graphs, code = parts
+    assert "--no-compile" in eager and eager[eager.index("--methods") + 1:][:5] == list(METHODS)
+    for p, pair in ((graphs, ["sora", "lora"]), (code, ["sora_code", "lora_legacy"])):
+        assert p[p.index("--compile-mode") + 1] == "reduce-overhead" and p[p.index("--precisions") + 1] == "bf16"
+        assert p[p.index("--methods") + 1:][:2] == pair
+    parts, _ = session(200)  # the session's time left caps a part's (the stub takes no time: ~200 s stay left)
+    assert [int(p[0].removeprefix("TIMEOUT=")) for p in parts][0] == 150
+    assert all(195 <= int(p[0].removeprefix("TIMEOUT=")) <= 200 for p in parts[1:]) and len(parts) == 3
+    parts, stdout = session(50)
+    assert parts == [] and stdout.count("no time left for") == 3
