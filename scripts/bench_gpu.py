@@ -227,9 +227,12 @@ def time_group(group: tuple, args, device: torch.device, batch: dict) -> tuple[d
     cells, runners = {}, {}
     for m in args.methods:
         try:
+            skips = cudagraph_skips()
             runner = Runner(m, precision, attention, comp == "on", args, device)
             cells[m] = {"first_step_s": runner.step(batch),  # compilation and autotuning happen here
                         "optimizer_tail": "captured" if getattr(runner, "tail", None) else "eager"}
+            if comp == "on":  # graphs inductor ran without a CUDA graph (reduce-overhead on a GPU: should be 0)
+                cells[m]["cudagraph_skips"] = cudagraph_skips() - skips
             runners[m] = runner
         except Exception as exc:  # a configuration that cannot run is a finding, not the end of the check
             cells[m] = {"error": error_text(exc)}
@@ -262,6 +265,12 @@ def time_group(group: tuple, args, device: torch.device, batch: dict) -> tuple[d
     del runners
     release(device)
     return cells, times
+
+
+def cudagraph_skips() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
 
 
 def release(device: torch.device) -> None:
@@ -531,7 +540,8 @@ def markdown(result: dict) -> str:
             lines.append(f"| {row} | {c['error']} | | | | | |")
         else:
             lines.append(f"| {row} | {c['step_ms']:.1f} | {c['tokens_per_s']:.0f} | {fmt(c['peak_mb'], '.0f')} | "
-                         f"{fmt(c['syncs'], 'd')} | {fmt(c.get('kernels'), 'd')} | {c['first_step_s']:.2f} |")
+                         f"{fmt(c['syncs'], 'd')} | {fmt(c.get('kernels'), 'd')} | {c['first_step_s']:.2f}"
+                         + (f" ({c['cudagraph_skips']} CUDA-graph skips)" if c.get("cudagraph_skips") else "") + " |")
     lines += ["", f"## SoRA / LoRA and SoRA / AdaLoRA (paired, median of per-repeat ratios); targets on "
               f"{'this GPU' if d['type'] == 'cuda' else 'a GPU only (n/a here)'}", "",
               f"| precision | attention | compile | SoRA/LoRA | ≤ {result['settings']['ratio_target']} "
@@ -571,7 +581,8 @@ NOTES = ("Methods as in scripts/bench_step.py: LoRA r=8 (torch AdamW; `lora_lega
          "the profiler's CUDA kernels in one step (n/a on CPU). Peak MiB = the "
          "model's weights, buffers and optimizer state + the step's transient peak (a standalone run's peak). "
          "Host syncs: torch.cuda.set_sync_debug_mode('warn') during one whole step (n/a on CPU). First step = "
-         "compilation / autotuning included. Produced by scripts/gpu_check.sh (scripts/bench_gpu.py).")
+         "compilation / autotuning included; a compiled cell adds the graphs inductor ran without a CUDA graph, if any "
+         "(its log says why). Produced by scripts/gpu_check.sh (scripts/bench_gpu.py).")
 # what a check saved before the code variant joined measured (kept so re-rendering an old JSON does not relabel it)
 NOTES_BEFORE_ISSUE_26 = (
     "Methods as in scripts/bench_step.py: LoRA r=8, SoRA r_max=8 (paper variant), AdaLoRA 12->8 with its "

@@ -106,11 +106,26 @@ def test_bucketed_compiled_run_matches_todays_path_and_records_what_ran(tiny_ove
         assert b["total_rank"] == a["total_rank"]
     rt_plain, rt = plain["runtime"], fast["runtime"]
     assert rt_plain["precision"] == rt["precision"] == "fp32" and rt["device"] == "cpu" and rt["torch"]
-    assert rt_plain["compile"] == {"mode": "off", "graphs": None, "graph_breaks": None}
+    assert rt_plain["compile"] == {"mode": "off", "graphs": None, "graph_breaks": None, "cudagraph_skips": None}
     # buckets of data.max_len=64: (16, 32, 48, 64); a full batch and at most one shorter last batch per width, and
     # SoRA's gate bank traces without a break (before its compile path: 36 graphs, one recompile per module)
     assert rt["compile"]["mode"] == "default" and 1 <= rt["compile"]["graphs"] <= 2 * 4
-    assert rt["compile"]["graph_breaks"] == 0
+    assert rt["compile"]["graph_breaks"] == 0 and rt["compile"]["cudagraph_skips"] == 0  # dynamo's eager backend
     # the tokens trained on: the non-pad tokens of the 12 batches, the same whatever the padding
     assert rt["train_tokens"] == rt_plain["train_tokens"] > 12 * 8
     assert rt["train_tokens_per_s"] > 0 and rt["train_seconds"] < fast["wall_time_s"]
+
+
+def test_the_record_counts_the_graphs_inductor_ran_without_a_cuda_graph(monkeypatch):
+    """``runtime.compile.cudagraph_skips``: inductor's own counter, counted from when the forward was built (a
+    reduce-overhead run on a GPU that says 0 ran its graphs as CUDA graphs; inductor logs why it skipped)."""
+    from torch._dynamo.utils import counters
+
+    from sora.train.compiled import CompiledForward
+
+    monkeypatch.setitem(counters["inductor"], "cudagraph_skips", 5)
+    forward = CompiledForward(torch.nn.Linear(2, 2), "default", bucketed=True)
+    assert forward.graphs()["cudagraph_skips"] == 0
+    counters["inductor"]["cudagraph_skips"] += 2
+    assert forward.graphs() == {"graphs": 0, "graph_breaks": 0, "cudagraph_skips": 2}
+    assert CompiledForward(torch.nn.Linear(2, 2), "off", bucketed=True).graphs() is None

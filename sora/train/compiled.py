@@ -42,18 +42,20 @@ class CompiledForward:
         self.module = torch.compile(model, backend=BACKEND, **options)
 
     def graphs(self) -> dict | None:
-        """Graphs compiled and graph breaks since this forward was built (None when nothing is compiled): a
-        handful of graphs and no break is what CUDA graphs need."""
+        """Graphs compiled, graph breaks and CUDA-graph skips since this forward was built (None when nothing is
+        compiled): a handful of graphs, no break and, under ``reduce-overhead`` on a GPU, no skip (inductor's count
+        of graphs it ran without a CUDA graph, e.g. "mutated inputs"; on a CPU every graph counts: no CUDA)."""
         if self.mode == "off":
             return None
-        graphs, breaks = _counts()
-        return {"graphs": graphs - self._start[0], "graph_breaks": breaks - self._start[1]}
+        now = _counts()
+        return dict(zip(("graphs", "graph_breaks", "cudagraph_skips"), (a - b for a, b in zip(now, self._start))))
 
 
-def _counts() -> tuple[int, int]:
+def _counts() -> tuple[int, int, int]:
     from torch._dynamo.utils import counters
 
-    return int(counters["stats"]["unique_graphs"]), int(sum(counters["graph_break"].values()))
+    return (int(counters["stats"]["unique_graphs"]), int(sum(counters["graph_break"].values())),
+            int(counters["inductor"]["cudagraph_skips"]))
 
 
 def tail_captured(mode, method) -> bool:

@@ -455,8 +455,8 @@ def runtime(cfg, device: torch.device, state: dict | None = None) -> dict:
     return {**device_facts(device), "precision": resolve_precision(cfg.train.precision, device),
             "tf32": bool(device.type == "cuda" and cfg.train.tf32), "eval_batch_size": cfg.eval.batch_size,
             "torch_threads": torch.get_num_threads(), "slurm_job": slurm_job(),
-            "compile": {"mode": compile_mode(cfg.train.get("compile", "off")),
-                        **(state.get("compile_graphs") or {"graphs": None, "graph_breaks": None})},
+            "compile": {"mode": compile_mode(cfg.train.get("compile", "off")), **(
+                state.get("compile_graphs") or {"graphs": None, "graph_breaks": None, "cudagraph_skips": None})},
             "pad_buckets": cfg.data.get("pad_buckets", 0),
             "train_seconds": seconds, "train_tokens": state.get("train_tokens"),
             "train_tokens_per_s": state["train_tokens"] / seconds if seconds and state.get("train_tokens") else None}
