@@ -190,8 +190,35 @@ def launches(runner: Runner, batch: dict) -> dict:
         runner.step(batch)
     events = prof.events()
     if cuda:
-        return {"kernels": sum(1 for e in events if e.device_type == DeviceType.CUDA)}
-    return {"kernels": "n/a", "cpu_ops": sum(1 for e in events if e.name.startswith("aten::"))}
+        kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+        return {"kernels": len(kernels), "kernel_names": by_name(kernels)}
+    ops = [e for e in events if e.name.startswith("aten::")]
+    return {"kernels": "n/a", "cpu_ops": len(ops), "kernel_names": by_name(ops)}
+
+
+def by_name(events) -> dict[str, list]:
+    """name -> [count, total µs] for one step's kernels (aten ops on CPU): what the step's launches are, so a
+    ratio above target is explained kernel by kernel from the same session's JSON (``kernel_diff``). A CUDA
+    kernel's templated name is cut at its argument list and to 120 characters."""
+    out: dict[str, list] = {}
+    for e in events:
+        entry = out.setdefault(e.name.split("(")[0][:120], [0, 0.0])
+        entry[0] += 1
+        try:
+            entry[1] += float(e.time_range.elapsed_us())
+        except Exception:  # a profiler event without a time range: the count still holds
+            pass
+    return out
+
+
+def kernel_diff(a: dict, b: dict, top: int = 12) -> list[tuple[str, int, int, float]]:
+    """(name, count in a, count in b, µs difference) for the kernels whose count differs, largest |Δ count|
+    first: the launches one method's step has beyond another's."""
+    names = set(a) | set(b)
+    rows = [(n, a.get(n, [0, 0.0])[0], b.get(n, [0, 0.0])[0], a.get(n, [0, 0.0])[1] - b.get(n, [0, 0.0])[1])
+            for n in names]
+    rows = [r for r in rows if r[1] != r[2]]
+    return sorted(rows, key=lambda r: (-abs(r[1] - r[2]), r[0]))[:top]
 
 
 def site_path(filename: str) -> str:
@@ -559,6 +586,7 @@ def markdown(result: dict) -> str:
     if sites:
         lines += ["", "Host-sync sites seen (file:line, per method and group in the JSON's `sync_sites`): "
                   + ", ".join(f"`{site}`" for site in sites) + "."]
+    lines += kernel_tables(result)
     lines += ["", "## Real CLI runs (scripts/train.py, MRPC, model=tiny reshaped to the shape above)", "",
               "| method | precision | result | steps | wall s | peak MiB (CUDA) |", "|---|---|---|---|---|---|"]
     for k, c in result["cli"].items():
@@ -572,6 +600,25 @@ def markdown(result: dict) -> str:
                   "capture (before the peak counter is reset), so its peak MiB is resident state only: not "
                   "comparable with the other cells."]
     return "\n".join(lines) + "\n"
+
+
+def kernel_tables(result: dict) -> list[str]:
+    """Per measured group, the kernels (aten ops on CPU) each SoRA variant's step launches beyond LoRA's under the
+    same optimizer: the gap, kernel by kernel."""
+    unit = "kernels" if result["device"]["type"] == "cuda" else "aten ops (CPU)"
+    lines = []
+    for group in result["ratios"]:
+        for pair, (a, b) in (("SoRA paper − LoRA", ("sora", "lora")),
+                             ("SoRA code − LoRA legacy", ("sora_code", "lora_legacy"))):
+            ca, cb = (result["cells"].get(key(m, group), {}).get("kernel_names") for m in (a, b))
+            if ca is None or cb is None:
+                continue
+            total = sum(v[0] for v in ca.values()) - sum(v[0] for v in cb.values())
+            lines += ["", f"**{pair}, {' / '.join(group.split('|'))}**: {total:+d} {unit} per step; the names "
+                      "whose count differs (largest first):", "", f"| {unit} | {a} | {b} | Δ | Δ µs |",
+                      "|---|---|---|---|---|"]
+            lines += [f"| `{n}` | {x} | {y} | {x - y:+d} | {us:+.0f} |" for n, x, y, us in kernel_diff(ca, cb)]
+    return ["", "## Beyond LoRA, by kernel (one profiled step each)"] + lines if lines else []
 
 
 NOTES = ("Methods as in scripts/bench_step.py: LoRA r=8 (torch AdamW; `lora_legacy`: the release's legacy AdamW), "

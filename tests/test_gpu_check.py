@@ -55,6 +55,8 @@ def test_cpu_smoke_writes_every_cell(tmp_path):
     assert result["ratios"]["fp32|eager|off"]["sora_code_over_lora_legacy"] > 0
     for c in eager:
         assert c["kernels"] == "n/a" and c["cpu_ops"] > 100  # the profiler's aten ops of one step on CPU
+        assert sum(count for count, _ in c["kernel_names"].values()) == c["cpu_ops"]  # by name, every one
+    assert "SoRA code − LoRA legacy, fp32 / eager / off" in (tmp_path / "gpu_cpu_smoke.md").read_text()
     assert "SoRA code/LoRA (legacy AdamW)" in (tmp_path / "gpu_cpu_smoke.md").read_text()
 
 
@@ -297,3 +299,19 @@ def test_the_session_plan_runs_its_parts_in_order_inside_its_time(tmp_path):
     assert all(195 <= int(p[0].removeprefix("TIMEOUT=")) <= 200 for p in parts[1:]) and len(parts) == 3
     parts, stdout = session(50)
     assert parts == [] and stdout.count("no time left for") == 3
+
+
+def test_the_gap_is_listed_kernel_by_kernel():
+    """Hand-made per-name counts: SoRA's step beyond LoRA's, the names whose count differs, largest |Δ| first,
+    with the device time they add; names with equal counts are left out."""
+    module = bench_gpu()
+    sora = {"gemm": [10, 100.0], "mul": [7, 14.0], "softshrink": [1, 2.0], "add": [5, 5.0]}
+    lora = {"gemm": [10, 90.0], "mul": [3, 6.0], "add": [6, 6.0], "copy": [2, 1.0]}
+    assert module.kernel_diff(sora, lora) == [("mul", 7, 3, 8.0), ("copy", 0, 2, -1.0), ("add", 5, 6, -1.0),
+                                              ("softshrink", 1, 0, 2.0)]
+    result = {"device": {"type": "cuda"}, "ratios": {"bf16|eager|off": {}},
+              "cells": {"sora|bf16|eager|off": {"kernel_names": sora}, "lora|bf16|eager|off": {"kernel_names": lora}}}
+    table = "\n".join(module.kernel_tables(result))
+    assert "**SoRA paper − LoRA, bf16 / eager / off**: +2 kernels per step" in table  # 23 - 21
+    assert "| `mul` | 7 | 3 | +4 | +8 |" in table and "gemm" not in table
+    assert "SoRA code" not in table  # that pair was not measured
