@@ -90,6 +90,12 @@ DEVICE ?= auto
 gpu-check: $(VENV)/.installed ## the GPU path measured on the GPU at hand (<= 8 min, offline) -> results/bench/gpu_<card>.{json,md}; DEVICE=cpu: the CPU smoke run
 	DEVICE=$(DEVICE) PY=$(PY) scripts/gpu_check.sh $(ARGS)
 
+gpu-session: $(VENV)/.installed ## a whole GPU session in one call (SESSION_S, default 480): eager step + CUDA graphs per SoRA/LoRA pair
+	DEVICE=$(DEVICE) PY=$(PY) scripts/gpu_check.sh session $(ARGS)
+
+gpu-rehearsal: $(VENV)/.installed ## the GPU session rehearsed on this CPU in an env like the CUDA image's (network, ~6 min)
+	PY=$(PY) scripts/gpu_rehearsal.sh
+
 SFT_DEMO := lm=tiny_llama train.lr=5e-3 train.epochs=3 results_dir=results/sft_demo
 sft-demo: $(VENV)/.installed ## instruction tuning, offline: SoRA, LoRA, AdaLoRA on a tiny random Llama + data/sft_sample (minutes)
 	$(PY) scripts/sft.py $(SFT_DEMO) method=sora method.variant=code method.xi=0.01 method.l1_coef=1 $(ARGS)
@@ -120,4 +126,4 @@ slurm-selftest: $(VENV)/.installed ## start a real one-node Slurm (root) and run
 notebooks: $(VENV)/.installed ## open the results notebooks (RESULTS_DIR in their first cell)
 	$(VENV)/bin/jupyter lab notebooks/
 
-.PHONY: help install demo test lint train smoke reproduce controlled verdict verdict-arms verdict-rest frontier controls estimate gpu-check sft-demo status tables notebooks bench minilm-table slurm-selftest
+.PHONY: help install demo test lint train smoke reproduce controlled verdict verdict-arms verdict-rest frontier controls estimate gpu-check gpu-session gpu-rehearsal sft-demo status tables notebooks bench minilm-table slurm-selftest
