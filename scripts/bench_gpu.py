@@ -44,7 +44,7 @@ from sora.attention import CHOICES as ATTENTIONS  # noqa: E402
 from sora.attention import set_attention  # noqa: E402
 from sora.device import autocast_factory  # noqa: E402  (the run's own precision switch)
 from sora.optim import schedule_plan  # noqa: E402
-from sora.train.compiled import capturable_tail  # noqa: E402
+from sora.train.compiled import capturable_tail, compile_counts  # noqa: E402
 from sora.train.step import make_optimizer_and_schedule, optimizer_tail, train_step  # noqa: E402
 from sora.tuners.methods import build_method  # noqa: E402
 
@@ -214,10 +214,11 @@ def by_name(events) -> dict[str, list]:
 def kernel_diff(a: dict, b: dict, top: int = 12) -> list[tuple[str, int, int, float]]:
     """(name, count in a, count in b, µs difference) for the kernels whose count differs, largest |Δ count|
     first: the launches one method's step has beyond another's."""
-    names = set(a) | set(b)
-    rows = [(n, a.get(n, [0, 0.0])[0], b.get(n, [0, 0.0])[0], a.get(n, [0, 0.0])[1] - b.get(n, [0, 0.0])[1])
-            for n in names]
-    rows = [r for r in rows if r[1] != r[2]]
+    rows = []
+    for name in set(a) | set(b):
+        (count_a, us_a), (count_b, us_b) = a.get(name, (0, 0.0)), b.get(name, (0, 0.0))
+        if count_a != count_b:
+            rows.append((name, count_a, count_b, us_a - us_b))
     return sorted(rows, key=lambda r: (-abs(r[1] - r[2]), r[0]))[:top]
 
 
@@ -254,12 +255,12 @@ def time_group(group: tuple, args, device: torch.device, batch: dict) -> tuple[d
     cells, runners = {}, {}
     for m in args.methods:
         try:
-            skips = cudagraph_skips()
+            skips = compile_counts()["cudagraph_skips"]
             runner = Runner(m, precision, attention, comp == "on", args, device)
             cells[m] = {"first_step_s": runner.step(batch),  # compilation and autotuning happen here
                         "optimizer_tail": "captured" if getattr(runner, "tail", None) else "eager"}
             if comp == "on":  # graphs inductor ran without a CUDA graph (reduce-overhead on a GPU: should be 0)
-                cells[m]["cudagraph_skips"] = cudagraph_skips() - skips
+                cells[m]["cudagraph_skips"] = compile_counts()["cudagraph_skips"] - skips
             runners[m] = runner
         except Exception as exc:  # a configuration that cannot run is a finding, not the end of the check
             cells[m] = {"error": error_text(exc)}
@@ -292,12 +293,6 @@ def time_group(group: tuple, args, device: torch.device, batch: dict) -> tuple[d
     del runners
     release(device)
     return cells, times
-
-
-def cudagraph_skips() -> int:
-    from torch._dynamo.utils import counters
-
-    return int(counters["inductor"]["cudagraph_skips"])
 
 
 def release(device: torch.device) -> None:

@@ -43,10 +43,19 @@ if [ "${1:-}" = prepare ]; then prepare; exit 0; fi
 
 # a bare GPU machine (its python has torch, older or no copies of the rest): the pins, resolved offline by pip, which
 # installs what is missing or different and checks that what it keeps satisfies every requirement
-if [ -f "$GPU_DIR/pins.txt" ]; then
+if [ -f "$GPU_DIR/pins.txt" ] && [ -z "${GPU_PINS_INSTALLED:-}" ]; then
     "$PY" -m pip install -q --no-index --find-links "$GPU_DIR/wheels" --no-compile --no-cache-dir \
         --disable-pip-version-check -r "$GPU_DIR/pins.txt" || { echo "gpu_check: installing $GPU_DIR's pins failed"; exit 3; }
+    export GPU_PINS_INSTALLED=1  # a session's parts (this script again) do not install twice
 fi
+
+copy_out() {  # copy_out MARKER LOG NAME: the check's new outputs and its log into $OUT (the device tool's folder)
+    if [ -n "${OUT:-}" ]; then
+        find results/bench -maxdepth 1 -name 'gpu_*' -newer "$1" -exec cp {} "$OUT"/ \;
+        cp "$2" "$OUT/$3"
+    fi
+    rm -f "$1" "$2"
+}
 
 # One device call holds the whole GPU session (15 minutes of device time, a machine's start included): the checks
 # issue 26 needs, most important first, each its own process and JSON (a part cut short keeps what it measured), all
@@ -58,6 +67,7 @@ if [ "${1:-}" = session ]; then
     total=${SESSION_S:-480}
     marker=$(mktemp)
     log=$(mktemp)
+    extra=("$@")  # the caller's options: after each part's own, so they win
     part() {  # part CAP_S ARGS...: one check, its TIMEOUT the smaller of CAP_S and the session's time left
         local cap=$1 left=$(( total - SECONDS ))
         shift
@@ -65,7 +75,6 @@ if [ "${1:-}" = session ]; then
         (( cap > left )) && cap=$left
         OUT="" TIMEOUT=$cap "$0" --budget-s $(( cap - 20 )) "$@" "${extra[@]}" || true
     }
-    extra=("$@")
     {
         command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
         part 150 --tag eager --no-cli --no-compile --attentions eager --methods sora lora sora_code lora_legacy adalora
@@ -75,11 +84,7 @@ if [ "${1:-}" = session ]; then
         part 300 --tag graphs_code "${graphs[@]}" --methods sora_code lora_legacy
         echo "gpu_check session: ${SECONDS} s"
     } 2>&1 | tee "$log"
-    if [ -n "${OUT:-}" ]; then
-        find results/bench -maxdepth 1 -name 'gpu_*' -newer "$marker" -exec cp {} "$OUT"/ \;
-        cp "$log" "$OUT/gpu_session.log"
-    fi
-    rm -f "$marker" "$log"
+    copy_out "$marker" "$log" gpu_session.log
     exit 0
 fi
 
@@ -94,9 +99,5 @@ log=$(mktemp)
 status=0
 timeout -k 15 "${TIMEOUT:-480}" "$PY" scripts/bench_gpu.py "${args[@]}" "$@" 2>&1 | tee "$log" || status=$?
 [ "$status" -ne 0 ] && echo "gpu_check: exit $status (124 = TIMEOUT reached; the JSON keeps what was measured)"
-if [ -n "${OUT:-}" ]; then
-    find results/bench -maxdepth 1 -name 'gpu_*' -newer "$marker" -exec cp {} "$OUT"/ \;
-    cp "$log" "$OUT/gpu_check.log"
-fi
-rm -f "$marker" "$log"
+copy_out "$marker" "$log" gpu_check.log
 exit "$status"

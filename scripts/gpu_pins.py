@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 from importlib.metadata import PackageNotFoundError, requires, version
 
+from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -25,10 +26,10 @@ LEFT_OUT = ("torch", "triton", "numpy", "setuptools")  # and nvidia-*: the image
 
 def marker_env(python: str) -> dict:
     """The environment markers of the GPU image (CPython ``python`` on x86-64 Linux), no extra selected."""
-    return {"python_version": python, "python_full_version": f"{python}.0", "platform_machine": "x86_64",
-            "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix", "implementation_name": "cpython",
-            "platform_python_implementation": "CPython", "platform_release": "", "platform_version": "",
-            "implementation_version": f"{python}.0", "extra": ""}
+    return {**default_environment(), "python_version": python, "python_full_version": f"{python}.0",
+            "implementation_version": f"{python}.0", "implementation_name": "cpython",
+            "platform_python_implementation": "CPython", "platform_machine": "x86_64", "sys_platform": "linux",
+            "platform_system": "Linux", "os_name": "posix", "extra": ""}
 
 
 def closure(roots=ROOTS, python: str = "3.12") -> dict[str, str]:

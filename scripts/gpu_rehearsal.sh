@@ -16,7 +16,6 @@ OUTDIR=${OUTDIR:-/tmp/gpu_rehearsal}
 PY=${PY:-python3}
 [ -x .venv/bin/python ] && [ "$PY" = python3 ] && PY=.venv/bin/python
 if [ ! -x "$VENV/bin/python" ]; then
-    "$PY" -c 'import sys; print(sys.base_prefix)' > /dev/null
     "$("$PY" -c 'import sys, os; print(os.path.join(sys.base_prefix, "bin", "python3"))')" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q -r scripts/gpu_image.txt
 fi

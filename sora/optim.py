@@ -92,7 +92,8 @@ class LegacyAdamW(torch.optim.Optimizer):
             (self._update_on_device if self.capturable else self._update)(betas, items)
         return loss
 
-    def _update(self, betas: tuple[float, float], items: list) -> None:
+    def _moments(self, betas: tuple[float, float], items: list) -> tuple[list, list, list]:
+        """Both paths' first half: the moments updated in place; returns (params, exp_avg, sqrt(exp_avg_sq) + eps)."""
         beta1, beta2 = betas
         params = [p for p, _, _ in items]
         grads = [p.grad for p in params]
@@ -104,6 +105,10 @@ class LegacyAdamW(torch.optim.Optimizer):
         torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1.0 - beta2)
         denom = torch._foreach_sqrt(exp_avg_sq)
         torch._foreach_add_(denom, [group["eps"] for _, group, _ in items])
+        return params, exp_avg, denom
+
+    def _update(self, betas: tuple[float, float], items: list) -> None:
+        params, exp_avg, denom = self._moments(betas, items)
         torch._foreach_addcdiv_(params, exp_avg, denom, [-self._step_size(group, betas, t) for _, group, t in items])
         decay = defaultdict(list)  # decoupled decay on the updated weights, one call per distinct lr * wd
         for p, group, _ in items:
@@ -116,18 +121,9 @@ class LegacyAdamW(torch.optim.Optimizer):
         """The same formula with the step count, bias corrections and step sizes as device tensors (float32, so
         round-off apart from the host path's float64 step size); ``lr`` may be a 0-dim device tensor."""
         beta1, beta2 = betas
-        params = [p for p, _, _ in items]
         steps = [t for _, _, t in items]
-        exp_avg = [self.state[p]["exp_avg"] for p in params]
-        exp_avg_sq = [self.state[p]["exp_avg_sq"] for p in params]
-        grads = [p.grad for p in params]
         torch._foreach_add_(steps, 1.0)
-        torch._foreach_mul_(exp_avg, beta1)
-        torch._foreach_add_(exp_avg, grads, alpha=1.0 - beta1)
-        torch._foreach_mul_(exp_avg_sq, beta2)
-        torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1.0 - beta2)
-        denom = torch._foreach_sqrt(exp_avg_sq)
-        torch._foreach_add_(denom, [group["eps"] for _, group, _ in items])
+        params, exp_avg, denom = self._moments(betas, items)
         lrs = [_as_tensor(group["lr"], p) for p, group, _ in items]
         size = [lr.clone() for lr in lrs]  # -lr * sqrt(1 - beta2^t) / (1 - beta1^t)
         if all(group["correct_bias"] for _, group, _ in items):

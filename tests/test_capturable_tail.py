@@ -240,6 +240,7 @@ def test_a_reduce_overhead_run_captures_its_tail_and_keeps_the_metrics(tiny_over
     from sora.train.loop import train
 
     monkeypatch.setattr(compiled, "BACKEND", "eager")
+    torch._dynamo.reset()  # graphs counted from scratch: an earlier test's cache would make them 0
     common = ["task=stsb", "method=sora", *tiny_overrides, "train.max_steps=12", "train.eval_steps=6",
               "data.pad_buckets=4", "method.xi=0.02"]
     default = train(load_config([*common, "train.compile=default"]))

@@ -299,6 +299,11 @@ def test_the_session_plan_runs_its_parts_in_order_inside_its_time(tmp_path):
     assert all(195 <= int(p[0].removeprefix("TIMEOUT=")) <= 200 for p in parts[1:]) and len(parts) == 3
     parts, stdout = session(50)
     assert parts == [] and stdout.count("no time left for") == 3
+    (tmp_path / "pins").mkdir()  # with carried pins: installed once, by the session, not again by each part
+    (tmp_path / "pins" / "pins.txt").write_text("x==1\n")
+    env["GPU_DIR"] = str(tmp_path / "pins")
+    parts, _ = session(480)
+    assert sum("-m pip install" in " ".join(p) for p in parts) == 1 and len(parts) == 4
 
 
 def test_the_gap_is_listed_kernel_by_kernel():

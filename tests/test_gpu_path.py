@@ -97,6 +97,7 @@ def test_bucketed_compiled_run_matches_todays_path_and_records_what_ran(tiny_ove
     from sora.train.loop import train
 
     monkeypatch.setattr(compiled, "BACKEND", "eager")
+    torch._dynamo.reset()  # graphs counted from scratch: an earlier test's cache would make them 0
     common = ["task=stsb", "method=sora", *tiny_overrides, "train.max_steps=12", "train.eval_steps=6"]
     plain = train(load_config(common))
     fast = train(load_config([*common, "data.pad_buckets=4", "train.compile=default"]))

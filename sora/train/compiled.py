@@ -32,7 +32,7 @@ class CompiledForward:
 
     def __init__(self, model: torch.nn.Module, mode, bucketed: bool):
         self.mode = compile_mode(mode)
-        self._start = _counts()
+        self._start = compile_counts()
         if self.mode == "off":
             self.module = model
             return
@@ -47,15 +47,17 @@ class CompiledForward:
         of graphs it ran without a CUDA graph, e.g. "mutated inputs"; on a CPU every graph counts: no CUDA)."""
         if self.mode == "off":
             return None
-        now = _counts()
-        return dict(zip(("graphs", "graph_breaks", "cudagraph_skips"), (a - b for a, b in zip(now, self._start))))
+        return {name: value - self._start[name] for name, value in compile_counts().items()}
 
 
-def _counts() -> tuple[int, int, int]:
+def compile_counts() -> dict[str, int]:
+    """torch's process-wide compile counters (graphs, graph breaks, graphs run without a CUDA graph): callers
+    difference them over the span they measure."""
     from torch._dynamo.utils import counters
 
-    return (int(counters["stats"]["unique_graphs"]), int(sum(counters["graph_break"].values())),
-            int(counters["inductor"]["cudagraph_skips"]))
+    return {"graphs": int(counters["stats"]["unique_graphs"]),
+            "graph_breaks": int(sum(counters["graph_break"].values())),
+            "cudagraph_skips": int(counters["inductor"]["cudagraph_skips"])}
 
 
 def tail_captured(mode, method) -> bool:
